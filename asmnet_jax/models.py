@@ -1,0 +1,215 @@
+"""ASMNet and the MobileNetV2 baseline as Flax Linen modules.
+
+Both models take RGB images in [0, 1], shape (B, H, W, 3) with H and W divisible by 32, and return
+``(landmarks, pose)``: (B, 2n) landmark coordinates and (B, 3) yaw/pitch/roll, in the conventions of
+:mod:`asmnet_jax.landmarks`. Outputs are float32 whatever the compute dtype.
+
+The structure follows ``keras.applications.MobileNetV2`` (alpha 1.0) layer for layer, so the authors'
+Keras weights load one-to-one (:mod:`asmnet_jax.keras_import`):
+
+* stem: 3x3/2 conv to 32 channels, BN, ReLU6;
+* blocks 0-16: [1x1 expand, BN, ReLU6] (not in block 0), 3x3 depthwise (stride s), BN, ReLU6,
+  1x1 project, BN, plus the input when s == 1 and the channel count is unchanged;
+* BN: epsilon 1e-3, momentum 0.999 (Keras and Flax share the convention); convs have no bias; every
+  kernel is glorot-uniform initialised, as in Keras.
+
+``ASMNet`` keeps the stem and blocks 0-15, global-average-pools six taps (blocks 1, 3, 6, 10, 13,
+15: 24 + 32 + 64 + 96 + 160 + 160 = 536 features), applies Dropout(0.3) and two linear heads.
+``MobileNetV2Baseline`` (the paper's "mnv2") is the whole network to the 1280-channel 1x1 conv,
+pooled, with the same two heads and no dropout.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from asmnet_jax.depthwise import depthwise_conv3x3
+from asmnet_jax.landmarks import check_num_landmarks
+
+Dtype = Any
+
+#: (expansion t, output channels, stride) of MobileNetV2 blocks 0..16 (alpha 1.0).
+BLOCKS = (
+    (1, 16, 1),
+    (6, 24, 2), (6, 24, 1),
+    (6, 32, 2), (6, 32, 1), (6, 32, 1),
+    (6, 64, 2), (6, 64, 1), (6, 64, 1), (6, 64, 1),
+    (6, 96, 1), (6, 96, 1), (6, 96, 1),
+    (6, 160, 2), (6, 160, 1), (6, 160, 1),
+    (6, 320, 1),
+)
+STEM_CHANNELS = 32
+TOP_CHANNELS = 1280
+#: Blocks whose outputs ASMNet pools (Keras: block_1/3/6/10/13_project_BN, block_15_add).
+ASMNET_TAPS = (1, 3, 6, 10, 13, 15)
+ASMNET_DROPOUT = 0.3
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-3
+NUM_POSE = 3
+
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+def relu6(x):
+    return jnp.clip(x, 0, 6)
+
+
+class DepthwiseConv3x3(nn.Module):
+    """3x3 depthwise convolution without bias; kernel (3, 3, 1, C) as in ``nn.Conv`` grouped form."""
+
+    strides: int = 1
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        kernel = self.param("kernel", glorot_uniform, (3, 3, 1, channels), self.param_dtype)
+        x = x.astype(self.dtype)
+        return depthwise_conv3x3(x, kernel.astype(self.dtype), self.strides, self.impl)
+
+
+class _Layers(nn.Module):
+    """Shared settings of every conv and BN (dtype, BN axis for cross-device statistics)."""
+
+    dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
+    bn_axis_name: Optional[str] = None
+
+    def conv(self, features, kernel, strides=1, name=None):
+        return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
+                       use_bias=False, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
+
+    def norm(self, train, name=None):
+        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                            epsilon=BN_EPSILON, dtype=self.dtype,
+                            axis_name=self.bn_axis_name if train else None, name=name)
+
+
+class InvertedResidual(_Layers):
+    """MobileNetV2 block: (B, H, W, Cin) -> (B, H / strides, W / strides, features)."""
+
+    expansion: int = 6
+    features: int = 16
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        in_channels = x.shape[-1]
+        y = x
+        if self.expansion != 1:
+            y = self.conv(in_channels * self.expansion, 1, name="expand")(y)
+            y = relu6(self.norm(train, name="expand_bn")(y))
+        y = DepthwiseConv3x3(self.strides, self.depthwise_impl, self.dtype, name="depthwise")(y)
+        y = relu6(self.norm(train, name="depthwise_bn")(y))
+        y = self.conv(self.features, 1, name="project")(y)
+        y = self.norm(train, name="project_bn")(y)
+        if self.strides == 1 and in_channels == self.features:
+            y = x + y
+        return y
+
+
+class MobileNetV2Backbone(_Layers):
+    """Stem and the first ``num_blocks`` blocks, optionally the 1x1 conv to 1280 channels.
+
+    Returns the final feature map and a dict {block index: output} for the blocks in ``taps``.
+    """
+
+    num_blocks: int = len(BLOCKS)
+    top_conv: bool = True
+    taps: Sequence[int] = ()
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3), got shape {x.shape}")
+        if x.shape[1] % 32 or x.shape[2] % 32:
+            raise ValueError(f"image height and width must be divisible by 32, got {x.shape[1:3]}")
+        x = x.astype(self.dtype)
+        x = self.conv(STEM_CHANNELS, 3, strides=2, name="stem")(x)
+        x = relu6(self.norm(train, name="stem_bn")(x))
+        tapped = {}
+        layers = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl,
+                      bn_axis_name=self.bn_axis_name)
+        for index, (expansion, features, strides) in enumerate(BLOCKS[:self.num_blocks]):
+            x = InvertedResidual(expansion=expansion, features=features, strides=strides,
+                                 name=f"block_{index}", **layers)(x, train)
+            if index in self.taps:
+                tapped[index] = x
+        if self.top_conv:
+            x = self.conv(TOP_CHANNELS, 1, name="top")(x)
+            x = relu6(self.norm(train, name="top_bn")(x))
+        return x, tapped
+
+
+def _global_average_pool(x):
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+class _LandmarkPoseModel(_Layers):
+    num_landmarks: int = 68
+
+    def heads(self, features):
+        """(B, F) float32 features -> (landmarks (B, 2n), pose (B, 3)), float32."""
+        check_num_landmarks(self.num_landmarks)
+        dense = partial(nn.Dense, kernel_init=glorot_uniform, dtype=jnp.float32)
+        landmarks = dense(2 * self.num_landmarks, name="landmark_head")(features)
+        pose = dense(NUM_POSE, name="pose_head")(features)
+        return landmarks, pose
+
+
+class ASMNet(_LandmarkPoseModel):
+    """ASMNet: MobileNetV2 blocks 0-15 with six pooled taps and two linear heads."""
+
+    dropout_rate: float = ASMNET_DROPOUT
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        _, tapped = MobileNetV2Backbone(
+            num_blocks=ASMNET_TAPS[-1] + 1, top_conv=False, taps=ASMNET_TAPS, dtype=self.dtype,
+            depthwise_impl=self.depthwise_impl, bn_axis_name=self.bn_axis_name,
+            name="backbone")(images, train)
+        features = jnp.concatenate([_global_average_pool(tapped[i]) for i in ASMNET_TAPS], axis=-1)
+        features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+        return self.heads(features)
+
+
+class MobileNetV2Baseline(_LandmarkPoseModel):
+    """The paper's mnv2: full MobileNetV2 to its 1280-d pool, then the two linear heads."""
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        x, _ = MobileNetV2Backbone(
+            dtype=self.dtype, depthwise_impl=self.depthwise_impl,
+            bn_axis_name=self.bn_axis_name, name="backbone")(images, train)
+        return self.heads(_global_average_pool(x))
+
+
+#: Model names accepted by :func:`create_model` (and configs).
+MODELS = {"asmnet": ASMNet, "mnv2": MobileNetV2Baseline}
+#: Names of the head parameters that carry the authors' L2 penalty.
+HEADS = ("landmark_head", "pose_head")
+
+
+def create_model(name: str, num_landmarks: int = 68, **kwargs) -> nn.Module:
+    """Builds ``"asmnet"`` or ``"mnv2"`` with the given landmark count and module settings."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](num_landmarks=check_num_landmarks(num_landmarks), **kwargs)
+
+
+def count_parameters(variables) -> dict:
+    """Counts of trainable parameters, BN statistics and their total (Keras ``count_params``)."""
+    import jax
+
+    def size(tree):
+        return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
+
+    trainable = size(variables.get("params", {}))
+    statistics = size(variables.get("batch_stats", {}))
+    return {"trainable": trainable, "batch_stats": statistics, "total": trainable + statistics}
