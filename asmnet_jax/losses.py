@@ -1,0 +1,100 @@
+"""The ASM-assisted loss of ASMNet (SPEC section 3), as pure jnp functions.
+
+Shapes: landmarks (B, 2n) and pose (B, 3) in the model's units (:mod:`asmnet_jax.landmarks`).
+
+    L_mse    = mean((G - P)^2)                  over the batch and the 2n coordinates
+    L_asm    = mean((ASM(G) - P)^2)             ASM(G): ShapeModel.project, no gradient
+    L_facial = L_mse + alpha(epoch) * L_asm     alpha = 2, 1, 0.5 by thirds of the epochs
+    L_pose   = mean((pose_gt - pose_pred)^2)    over the batch and the three angles
+    L        = 1.0 * L_facial + 0.5 * L_pose + head_l2
+
+``head_l2`` is the authors' Keras penalty on both heads: ``weight * sum(w^2)`` over kernel and
+bias (no 1/2), 0.01 in the authors' ASMNet, off in mnv2.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from asmnet_jax.asm import ShapeModel
+
+ALPHAS = (2.0, 1.0, 0.5)
+FACIAL_WEIGHT = 1.0
+POSE_WEIGHT = 0.5
+HEAD_L2_WEIGHT = 0.01
+
+
+def landmark_mse(predicted, target):
+    """mean((target - predicted)^2) over (B, 2n)."""
+    return jnp.mean(jnp.square(target.astype(jnp.float32) - predicted.astype(jnp.float32)))
+
+
+def pose_mse(predicted, target):
+    """mean((target - predicted)^2) over (B, 3)."""
+    return jnp.mean(jnp.square(target.astype(jnp.float32) - predicted.astype(jnp.float32)))
+
+
+def asm_loss(predicted, target, shape_model: ShapeModel):
+    """mean((ASM(target) - predicted)^2): the distance to the ASM-smoothed ground truth."""
+    smoothed = shape_model.project(target.astype(jnp.float32))
+    return landmark_mse(predicted, smoothed)
+
+
+def asm_alpha(epoch, total_epochs):
+    """Weight of L_asm: 2 while epoch < E/3, 1 while epoch < 2E/3, then 0.5.
+
+    ``epoch`` may be a traced value (0-based, integer or fractional), so a jitted step that takes
+    it as an argument never recompiles when alpha changes. Compared as ``3 * epoch < E`` so that
+    the boundaries are exact for integer epochs.
+    """
+    epoch = jnp.asarray(epoch, jnp.float32)
+    total = jnp.asarray(total_epochs, jnp.float32)
+    return jnp.where(3 * epoch < total, ALPHAS[0],
+                     jnp.where(3 * epoch < 2 * total, ALPHAS[1], ALPHAS[2])).astype(jnp.float32)
+
+
+def head_l2(params: Mapping, weight: float = HEAD_L2_WEIGHT,
+            heads=("landmark_head", "pose_head")):
+    """``weight * sum(w^2)`` over kernel and bias of the named heads (Keras l2 regulariser)."""
+    leaves = jax.tree_util.tree_leaves([params[name] for name in heads])
+    return weight * sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves)
+
+
+def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
+               shape_model: Optional[ShapeModel] = None, alpha=0.0,
+               params: Optional[Mapping] = None, head_l2_weight: float = 0.0,
+               facial_weight: float = FACIAL_WEIGHT, pose_weight: float = POSE_WEIGHT):
+    """The whole loss and every term, for logging.
+
+    Args:
+      landmarks_pred, landmarks_gt: (B, 2n). pose_pred, pose_gt: (B, 3).
+      shape_model: the ASM; None for the plain-MSE variants (ASMNet_nr, mnv2), where L_asm is 0.
+      alpha: weight of L_asm (see :func:`asm_alpha`); may be traced.
+      params: model params, needed when ``head_l2_weight > 0``.
+
+    Returns:
+      (total, terms) with terms ``mse``, ``asm``, ``alpha``, ``facial``, ``pose``, ``head_l2``,
+      ``total``, all float32 scalars.
+    """
+    mse = landmark_mse(landmarks_pred, landmarks_gt)
+    zero = jnp.zeros((), jnp.float32)
+    if shape_model is None:
+        asm, alpha = zero, zero
+    else:
+        asm = asm_loss(landmarks_pred, landmarks_gt, shape_model)
+        alpha = jnp.asarray(alpha, jnp.float32)
+    facial = mse + alpha * asm
+    pose = pose_mse(pose_pred, pose_gt)
+    if head_l2_weight:
+        if params is None:
+            raise ValueError("head_l2_weight > 0 needs the model params")
+        penalty = head_l2(params, head_l2_weight)
+    else:
+        penalty = zero
+    total = facial_weight * facial + pose_weight * pose + penalty
+    terms = {"mse": mse, "asm": asm, "alpha": alpha, "facial": facial, "pose": pose,
+             "head_l2": penalty, "total": total}
+    return total, terms

@@ -1,0 +1,24 @@
+"""Shared test fixtures. Tests run on the CPU at small input sizes."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path:
+    """``../shared/data`` beside the checkout, or ``$ASMNET_SHARED_DATA``."""
+    return pathlib.Path(os.environ.get("ASMNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The reference data directory; the test is skipped when it is absent."""
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared reference data not found at {path}")
+    return path

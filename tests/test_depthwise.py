@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asmnet_jax.depthwise import (depthwise_conv3x3, depthwise_conv3x3_shift,
+                                  depthwise_conv3x3_xla)
+
+
+def _relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 16, 16, 8), (3, 15, 9, 5)])
+def test_shift_add_equals_grouped_conv_values_and_gradients(strides, shape):
+    kx, kw, kg = jax.random.split(jax.random.key(strides), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (3, 3, 1, shape[-1]))
+    y_ref = depthwise_conv3x3_xla(x, w, strides)
+    y = depthwise_conv3x3_shift(x, w, strides)
+    assert y.shape == y_ref.shape
+    assert _relative_error(y, y_ref) <= 1e-5
+
+    cotangent = jax.random.normal(kg, y_ref.shape)
+
+    def grads(fn):
+        return jax.grad(lambda x, w: jnp.sum(fn(x, w, strides) * cotangent), argnums=(0, 1))(x, w)
+
+    for g, g_ref in zip(grads(depthwise_conv3x3_shift), grads(depthwise_conv3x3_xla)):
+        assert g.shape == g_ref.shape
+        assert _relative_error(g, g_ref) <= 1e-5
+
+
+def test_shift_add_matches_a_direct_loop():
+    """Independent of XLA's convolution: a NumPy loop over output pixels (stride 2, SAME)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 6, 6, 3)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 1, 3)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # SAME for even sizes, stride 2
+    expected = np.zeros((1, 3, 3, 3), np.float32)
+    for i in range(3):
+        for j in range(3):
+            window = xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]
+            expected[:, i, j, :] = np.sum(window * w[:, :, 0, :], axis=(1, 2))
+    np.testing.assert_allclose(depthwise_conv3x3_shift(x, w, 2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_picks_the_shift_add_form_on_cpu():
+    x = jnp.ones((1, 8, 8, 4))
+    w = jnp.ones((3, 3, 1, 4))
+
+    def hlo(impl):
+        fn = jax.jit(lambda x, w: depthwise_conv3x3(x, w, 1, impl))
+        return fn.lower(x, w).compile().as_text()
+
+    assert jax.default_backend() == "cpu"
+    assert "convolution" in hlo("xla")
+    assert "convolution" not in hlo("auto")
+    np.testing.assert_allclose(depthwise_conv3x3(x, w, 1, "auto"),
+                               depthwise_conv3x3_xla(x, w, 1), rtol=1e-6)
+
+
+def test_bad_arguments_are_rejected():
+    x = jnp.ones((1, 8, 8, 4))
+    with pytest.raises(ValueError, match="stride"):
+        depthwise_conv3x3(x, jnp.ones((3, 3, 1, 4)), 3)
+    with pytest.raises(ValueError, match="kernel"):
+        depthwise_conv3x3(x, jnp.ones((3, 3, 4, 1)), 1)
+    with pytest.raises(ValueError, match="impl"):
+        depthwise_conv3x3(x, jnp.ones((3, 3, 1, 4)), 1, "fast")

@@ -1,0 +1,118 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asmnet_jax.models import (ASMNet, BN_MOMENTUM, MobileNetV2Baseline, count_parameters,
+                               create_model)
+
+SIZE = 64
+
+
+def _shapes(model, size=SIZE):
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
+
+
+@pytest.mark.parametrize("name,points,total,trainable", [
+    ("asmnet", 68, 1_439_507, 1_412_435),
+    ("asmnet", 98, 1_471_727, None),
+    ("mnv2", 68, 2_436_043, None),
+    ("mnv2", 98, 2_512_903, None),
+])
+def test_parameter_counts_match_the_keras_models(name, points, total, trainable):
+    counts = count_parameters(_shapes(create_model(name, points)))
+    assert counts["total"] == total
+    if trainable is not None:
+        assert counts["trainable"] == trainable
+
+
+def test_head_inputs_are_the_pooled_taps():
+    asmnet = _shapes(create_model("asmnet", 68))["params"]
+    assert asmnet["landmark_head"]["kernel"].shape == (536, 136)
+    assert asmnet["pose_head"]["kernel"].shape == (536, 3)
+    assert "block_15" in asmnet["backbone"] and "block_16" not in asmnet["backbone"]
+    assert "top" not in asmnet["backbone"]
+    assert "expand" not in asmnet["backbone"]["block_0"]
+    mnv2 = _shapes(create_model("mnv2", 98))["params"]
+    assert mnv2["landmark_head"]["kernel"].shape == (1280, 196)
+    assert "block_16" in mnv2["backbone"] and "top" in mnv2["backbone"]
+
+
+@pytest.fixture(scope="module")
+def asmnet_and_variables():
+    model = ASMNet(num_landmarks=68)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+    return model, variables
+
+
+def test_forward_shapes_and_determinism(asmnet_and_variables):
+    model, variables = asmnet_and_variables
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 3))
+    apply = jax.jit(model.apply, static_argnames="train")
+    landmarks, pose = apply(variables, images, train=False)
+    assert landmarks.shape == (2, 136) and pose.shape == (2, 3)
+    assert landmarks.dtype == pose.dtype == jnp.float32
+    again, _ = apply(variables, images, train=False)
+    np.testing.assert_array_equal(landmarks, again)
+
+
+def test_train_mode_uses_dropout_and_updates_batch_stats(asmnet_and_variables):
+    model, variables = asmnet_and_variables
+    images = jax.random.uniform(jax.random.key(1), (2, SIZE, SIZE, 3))
+
+    @jax.jit
+    def run(key):
+        return model.apply(variables, images, train=True, rngs={"dropout": key},
+                           mutable=["batch_stats"])
+
+    (lm_a, _), updates = run(jax.random.key(0))
+    (lm_b, _), _ = run(jax.random.key(1))
+    assert not np.allclose(lm_a, lm_b)  # dropout masks differ
+
+    # Keras/Flax momentum convention: running = 0.999 * running + 0.001 * batch statistic.
+    kernel = variables["params"]["backbone"]["stem"]["kernel"]
+    stem = jax.lax.conv_general_dilated(images, kernel, (2, 2), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    batch_mean = np.asarray(stem).mean(axis=(0, 1, 2))
+    new_mean = updates["batch_stats"]["backbone"]["stem_bn"]["mean"]
+    np.testing.assert_allclose(new_mean, (1 - BN_MOMENTUM) * batch_mean, rtol=1e-4, atol=1e-7)
+
+
+def test_depthwise_forms_give_the_same_model_outputs(asmnet_and_variables):
+    _, variables = asmnet_and_variables
+    images = jax.random.uniform(jax.random.key(2), (2, SIZE, SIZE, 3))
+    outs = [jax.jit(ASMNet(num_landmarks=68, depthwise_impl=impl).apply)(variables, images)
+            for impl in ("shift", "xla")]
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_glorot_uniform_initialisation(asmnet_and_variables):
+    _, variables = asmnet_and_variables
+    depthwise = np.asarray(variables["params"]["backbone"]["block_1"]["depthwise"]["kernel"])
+    limit = np.sqrt(6.0 / (9 * 1 + 9 * 96))  # Keras fans of a (3, 3, 96, 1) depthwise kernel
+    assert np.abs(depthwise).max() <= limit
+    assert np.abs(depthwise).max() > 0.9 * limit
+    head = np.asarray(variables["params"]["landmark_head"]["kernel"])
+    assert np.abs(head).max() <= np.sqrt(6.0 / (536 + 136))
+    np.testing.assert_array_equal(variables["params"]["landmark_head"]["bias"], 0)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    model = MobileNetV2Baseline(num_landmarks=98, dtype=jnp.bfloat16)
+    variables = _shapes(model)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+    images = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
+    landmarks, pose = jax.eval_shape(model.apply, variables, images)
+    assert landmarks.shape == (1, 196) and landmarks.dtype == jnp.float32
+    assert pose.dtype == jnp.float32
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        _shapes(create_model("asmnet"), size=70)
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet")
+    with pytest.raises(ValueError, match="num_landmarks"):
+        create_model("asmnet", 21)
