@@ -1,0 +1,129 @@
+"""A model on disk: Flax variables as an orbax checkpoint plus a small JSON description.
+
+Layout of a model directory::
+
+    DIR/model.json    {"format": "asmnet_jax.model/1", "model": "asmnet" | "mnv2",
+                       "num_landmarks": 68 | 98, ...extra keys}
+    DIR/variables/    orbax StandardCheckpointer checkpoint of {'params': ..., 'batch_stats': ...}
+
+``save_model`` writes one, ``load_model`` rebuilds the module with
+:func:`asmnet_jax.models.create_model` and restores the variables against the tree of
+``model.init``, so a checkpoint that does not fit the described model fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from functools import partial
+
+import numpy as np
+
+from asmnet_jax.models import MODELS, create_model
+
+FORMAT = "asmnet_jax.model/1"
+MODEL_JSON = "model.json"
+VARIABLES_DIR = "variables"
+
+
+def save_model(directory, model_name: str, num_landmarks: int, variables, extra=None,
+               overwrite: bool = False) -> str:
+    """Writes ``variables`` of ``create_model(model_name, num_landmarks)`` to ``directory``.
+
+    Args:
+      directory: model directory (created if needed; made absolute for orbax).
+      model_name: ``"asmnet"`` or ``"mnv2"``.
+      num_landmarks: 68 or 98 (the landmark head has 2n outputs).
+      variables: ``{'params': ..., 'batch_stats': ...}`` of numpy or jax arrays.
+      extra: JSON-serialisable dict merged into ``model.json`` (e.g. source, coordinate convention).
+      overwrite: replace an existing model in ``directory``; otherwise that raises ValueError.
+
+    Returns:
+      The absolute directory.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    create_model(model_name, num_landmarks)  # validates both
+    info = {"format": FORMAT, "model": model_name, "num_landmarks": int(num_landmarks)}
+    for key, value in (extra or {}).items():
+        if key in info:
+            raise ValueError(f"extra key {key!r} would overwrite a model.json field")
+        info[key] = value
+    text = json.dumps(info, indent=2, sort_keys=True)  # fail on bad extras before writing
+
+    variables_dir = os.path.join(directory, VARIABLES_DIR)
+    json_path = os.path.join(directory, MODEL_JSON)
+    if os.path.exists(variables_dir) or os.path.exists(json_path):
+        if not overwrite:
+            raise ValueError(f"{directory}: already holds a model; choose another directory "
+                             "or overwrite it")
+        if os.path.exists(json_path):
+            os.remove(json_path)
+        shutil.rmtree(variables_dir, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(variables_dir, _to_plain_dicts(variables))
+        checkpointer.wait_until_finished()
+    with open(json_path + ".tmp", "w") as f:
+        f.write(text + "\n")
+    os.replace(json_path + ".tmp", json_path)
+    return directory
+
+
+def read_model_info(directory) -> dict:
+    """``directory/model.json`` as a dict; ValueError naming the directory if it is no model."""
+    directory = os.path.abspath(os.fspath(directory))
+    json_path = os.path.join(directory, MODEL_JSON)
+    if not os.path.isfile(json_path) or not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
+        raise ValueError(f"{directory}: not a saved model (expected {MODEL_JSON} and "
+                         f"{VARIABLES_DIR}/ written by asmnet_jax.checkpoints.save_model)")
+    try:
+        with open(json_path) as f:
+            info = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{json_path}: not valid JSON ({error})") from None
+    if not isinstance(info, dict) or info.get("model") not in MODELS or "num_landmarks" not in info:
+        raise ValueError(f"{json_path}: expected 'model' (one of {sorted(MODELS)}) and "
+                         "'num_landmarks'")
+    return info
+
+
+def load_model(directory, **model_kwargs):
+    """Reverses :func:`save_model`.
+
+    Args:
+      directory: a directory written by :func:`save_model`.
+      **model_kwargs: module settings for :func:`create_model` (e.g. ``dtype``, ``depthwise_impl``).
+
+    Returns:
+      ``(model, variables)``: the Flax module and ``{'params': ..., 'batch_stats': ...}`` of float32
+      numpy arrays with the tree and shapes of ``model.init``. ``model.json``'s other keys are
+      available through :func:`read_model_info`.
+    """
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    info = read_model_info(directory)
+    model = create_model(info["model"], int(info["num_landmarks"]), **model_kwargs)
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    abstract = jax.eval_shape(partial(model.init, train=False), jax.random.key(0), images)
+    target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        raise ValueError(f"{directory}: variables do not fit {info['model']} with "
+                         f"{info['num_landmarks']} landmarks: {error}") from error
+    variables = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), variables)
+    return model, _to_plain_dicts(variables)
+
+
+def _to_plain_dicts(tree):
+    """Nested mappings (dict, FrozenDict) -> nested dicts, leaves untouched."""
+    if hasattr(tree, "items"):
+        return {key: _to_plain_dicts(value) for key, value in tree.items()}
+    return tree
