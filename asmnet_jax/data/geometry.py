@@ -52,6 +52,8 @@ def similarity(scale: float = 1.0, angle_deg: float = 0.0, center=(0.0, 0.0),
 def warp(image, matrix, size, border_value=0, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
     """Warps ``image`` (H, W[, C]) by M into a (size, size) or (W, H)=size output."""
     w, h = (size, size) if np.isscalar(size) else size
+    if np.isscalar(border_value):  # OpenCV reads a scalar as (v, 0, 0, 0): fill every channel
+        border_value = (border_value,) * 4
     return cv2.warpAffine(image, np.asarray(matrix, np.float64), (int(w), int(h)),
                           flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=border_value)
