@@ -38,5 +38,32 @@ def import_keras_main(argv=None) -> int:
     return main(argv)
 
 
+def build_data_main(argv=None) -> int:
+    """``asmnet-build-data NAME --manual-dir DIR``: builds a TFDS dataset once."""
+    parser = argparse.ArgumentParser(
+        prog="asmnet-build-data",
+        description="Builds the TFDS dataset w300, wflw or synthetic_faces (array_record) from the "
+                    "official download in --manual-dir (not needed for synthetic_faces).")
+    parser.add_argument("name", choices=["w300", "wflw", "synthetic_faces"])
+    parser.add_argument("--manual-dir", help="folder holding the official download")
+    parser.add_argument("--data-dir", help="TFDS data directory (default: TFDS's, ~/tensorflow_datasets)")
+    parser.add_argument("--config", help="builder config (synthetic_faces: default, small, wflw98; "
+                                         "wflw: default, detection)")
+    args = parser.parse_args(argv)
+
+    from asmnet_jax.data import tfds_builders
+    from asmnet_jax.data.errors import DataError
+
+    try:
+        builder = tfds_builders.build(args.name, args.manual_dir, args.data_dir, args.config)
+    except (DataError, ValueError) as err:
+        print(f"asmnet-build-data: error: {err}", file=sys.stderr)
+        return 1
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    print(json.dumps({"dataset": args.name, "config": builder.builder_config.name,
+                      "data_dir": str(builder.data_dir), "splits": splits}))
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(info_main())

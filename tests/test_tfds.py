@@ -1,0 +1,85 @@
+"""The TFDS builders, built from tiny official-layout folders written by the test."""
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+cv2 = pytest.importorskip("cv2")
+
+from asmnet_jax.data import examples, synthetic, tfds_builders  # noqa: E402
+from asmnet_jax.data.errors import DataError  # noqa: E402
+
+
+def _write_face(folder, name, seed, index, num_landmarks=68):
+    record = synthetic.face_record(seed, index, 160, num_landmarks)
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / f"{name}.jpg"), record["image"][..., ::-1])
+    return record
+
+
+def _write_300w(root):
+    faces = {}
+    for i, (subset, name) in enumerate([("afw", "111_1"), ("afw", "111_2"), ("afw", "222_1"),
+                                        ("afw", "333_1"), ("helen/testset", "444_1")]):
+        record = _write_face(root / subset, name, 5, i)
+        points = record["landmarks"] + 1.0  # .pts are 1-based
+        lines = ["version: 1", "n_points: 68", "{"] + [f"{x:.3f} {y:.3f}" for x, y in points] + ["}"]
+        (root / subset / f"{name}.pts").write_text("\n".join(lines) + "\n")
+        faces[f"{subset}/{name}"] = record
+    return faces
+
+
+@pytest.fixture(scope="module")
+def built_300w(tmp_path_factory):
+    manual = tmp_path_factory.mktemp("w300_manual")
+    faces = _write_300w(manual)
+    data_dir = tmp_path_factory.mktemp("tfds")
+    builder = tfds_builders.build("w300", manual_dir=manual, data_dir=data_dir)
+    return builder, faces, data_dir, manual
+
+
+def test_w300_splits_and_examples(built_300w):
+    builder, faces, data_dir, _ = built_300w
+    splits = builder.info.splits
+    assert set(splits) == {"train", "validation", "common", "full"}  # no ibug: no challenging
+    assert splits["train"].num_examples + splits["validation"].num_examples == 4
+    assert splits["common"].num_examples == splits["full"].num_examples == 1
+    source = tfds_builders.data_source("w300", "common", data_dir=data_dir)
+    example = source[0]
+    assert example["image"].shape == (examples.STORE_SIZE,) * 2 + (3,)
+    assert example["name"].decode() == "helen/testset/444_1"
+    assert example["landmarks"].shape == (68, 2)
+    # The face box (no margin) is the landmarks' square box in crop pixels, centred in the crop.
+    cx, cy, side = example["box"]
+    points = example["landmarks"]
+    assert side == pytest.approx(np.ptp(points, axis=0).max(), rel=1e-3)
+    assert (cx, cy) == pytest.approx(((examples.STORE_SIZE - 1) / 2,) * 2, abs=1.0)
+    # PnP pose on the synthetic face: close to the pose it was rendered with.
+    true_pose = faces["helen/testset/444_1"]["pose"]
+    assert np.max(np.abs(example["pose"] - true_pose)) < 8.0
+
+
+def test_pose_csv_overrides_pnp(built_300w, tmp_path):
+    _, faces, _, manual = built_300w
+    lines = ["name,yaw,pitch,roll"] + [f"{name},1.5,-2.5,3.5" for name in faces]
+    (manual / "poses.csv").write_text("\n".join(lines) + "\n")
+    try:
+        builder = tfds_builders.build("w300", manual_dir=manual, data_dir=tmp_path)
+        example = builder.as_data_source(split="common")[0]
+        np.testing.assert_allclose(example["pose"], [1.5, -2.5, 3.5])
+    finally:
+        (manual / "poses.csv").unlink()
+
+
+def test_synthetic_faces_builder_and_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="asmnet-build-data"):
+        tfds_builders.data_source("synthetic_faces", "train", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        tfds_builders.get_builder("cofw")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty.*300W"):
+        tfds_builders.build("w300", manual_dir=empty, data_dir=tmp_path)
+    (empty / "notes.txt").write_text("no faces here")
+    with pytest.raises(DataError, match="no 300W split"):
+        tfds_builders.build("w300", manual_dir=empty, data_dir=tmp_path)
