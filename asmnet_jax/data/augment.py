@@ -175,10 +175,19 @@ def adjust_pose(pose_deg, rotation_deg: float, flipped: bool) -> np.ndarray:
     """Pose (yaw, pitch, roll) (3,) in degrees after rotating the image counter-clockwise by
     ``rotation_deg`` and then, if ``flipped``, flipping it horizontally: (3,) float32.
 
-    ``roll' = roll - rotation_deg``; a flip negates yaw and roll. Wrapped to (-180, 180].
+    An in-plane rotation turns the head about the camera axis: ``R' = Rz(rotation_deg) @ R`` in
+    the convention of :mod:`asmnet_jax.data.pose` (roll is applied first there, about the head's
+    own nose axis, so only a frontal face has simply ``roll' = roll - rotation_deg``). A flip
+    mirrors the head: yaw and roll change sign, pitch stays.
     """
+    from asmnet_jax.data import pose as pose_lib
+
     yaw, pitch, roll = np.asarray(pose_deg, np.float64)
-    roll = roll - rotation_deg
+    if rotation_deg:
+        theta = np.deg2rad(rotation_deg)
+        c, s = np.cos(theta), np.sin(theta)
+        turn = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        yaw, pitch, roll = pose_lib.euler_angles(turn @ pose_lib.rotation_matrix(yaw, pitch, roll))
     if flipped:
         yaw, roll = -yaw, -roll
     out = np.array([yaw, pitch, roll])

@@ -50,6 +50,15 @@ def make_example(image, points, pose_deg, name: str, face_box=None, flags=None,
     }
 
 
+#: Seed offsets that keep the synthetic splits disjoint.
+SYNTHETIC_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def synthetic_seed(seed: int, split: str) -> int:
+    """The synthetic data-set seed of ``split`` of data set ``seed`` (disjoint across splits)."""
+    return 1000 * int(seed) + SYNTHETIC_SPLIT_SEEDS[split]
+
+
 def synthetic_example(seed: int, index: int, store_size: int = STORE_SIZE,
                       num_landmarks: int = 68, split: Optional[str] = None) -> Dict:
     """Synthetic face ``index`` of data set ``seed`` as a stored example.

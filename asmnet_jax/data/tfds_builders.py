@@ -181,10 +181,6 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-#: Seed offsets that keep the synthetic splits disjoint.
-SYNTHETIC_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
-
-
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     """Procedural faces (:mod:`asmnet_jax.data.synthetic`) with exact landmarks and pose."""
 
@@ -200,19 +196,14 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
         return {split: self._generate_examples(split, getattr(cfg, split))
-                for split in SYNTHETIC_SPLIT_SEEDS}
+                for split in examples.SYNTHETIC_SPLIT_SEEDS}
 
     def _generate_examples(self, split, count) -> Iterator[Tuple[str, Dict]]:
         cfg = self.builder_config
-        seed = synthetic_seed(cfg.seed, split)
+        seed = examples.synthetic_seed(cfg.seed, split)
         for index in range(count):
             yield f"{split}/{index}", examples.synthetic_example(
                 seed, index, num_landmarks=cfg.num_landmarks, split=split)
-
-
-def synthetic_seed(seed: int, split: str) -> int:
-    """The synthetic data-set seed of ``split`` (disjoint across splits)."""
-    return 1000 * int(seed) + SYNTHETIC_SPLIT_SEEDS[split]
 
 
 BUILDERS = {"w300": W300, "wflw": Wflw, "synthetic_faces": SyntheticFaces}
