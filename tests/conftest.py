@@ -22,3 +22,14 @@ def shared_data():
     if not path.is_dir():
         pytest.skip(f"shared reference data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache for the session: the training tests compile the same steps in
+    several runs (uninterrupted, interrupted, resumed)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield

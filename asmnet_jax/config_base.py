@@ -1,0 +1,67 @@
+"""The training configuration schema: every key a config may set, and its default.
+
+Experiment files in ``configs/`` start from :func:`base_config` and change what they need. The
+config is locked before training, so a command-line override of a key that does not exist
+(``--config.learning_rate=...`` instead of ``--config.optimizer.learning_rate=...``) fails at start.
+"""
+
+import ml_collections
+
+from asmnet_jax.data.augment import AugmentConfig
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a training config may set, with the offline synthetic defaults."""
+    c = ml_collections.ConfigDict()
+    # Model and loss.
+    c.model = "asmnet"            # "asmnet" or "mnv2" (the paper's baseline)
+    c.num_landmarks = 68
+    c.asm_loss = True             # False: plain MSE (ASMNet_nr, mnv2)
+    c.asm_variance = 0.90         # PCA accuracy of the shape model (paper's sweep: 0.80 .. 0.97)
+    c.head_l2 = 0.01              # L2 on both heads, Keras convention (0 disables)
+    c.dropout_rate = 0.3          # ASMNet only
+    c.dtype = "float32"           # compute dtype: "float32" or "bfloat16" (params stay float32)
+    c.depthwise_impl = "auto"     # "auto", "shift" or "xla" (asmnet_jax.depthwise)
+
+    # Data.
+    c.dataset = "synthetic"       # "synthetic", "w300" or "wflw" (TFDS, built by asmnet-build-data)
+    c.data_dir = ""               # TFDS data directory ("" = TFDS default)
+    c.train_split = "train"
+    c.val_split = "validation"
+    c.synthetic = ml_collections.ConfigDict(dict(train=2000, validation=200, seed=0))
+    c.input_size = 64
+    c.margin = 0.1                # face box margin on each side, fraction of its side
+    c.augment = ml_collections.ConfigDict(AugmentConfig().to_dict())
+    c.num_workers = 0             # grain worker processes (0: in the training process)
+
+    # Optimisation.
+    c.batch_size = 32             # global batch, split over all devices and hosts
+    c.num_epochs = 12
+    c.max_steps = -1              # > 0: stop after this many steps (tests, quick checks)
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adam",              # "adam" or "adamw"
+        learning_rate=2e-3,
+        schedule="cosine",        # "cosine" (warm-up then cosine), "constant", "authors_cyclic"
+        warmup_epochs=1.0,
+        weight_decay=0.0,         # adamw only
+        b1=0.9, b2=0.999,
+        grad_clip=0.0,            # > 0: clip the global gradient norm
+        # The authors' recipe (schedule="authors_cyclic"): triangular cycles between
+        # cyclic_min_lr and learning_rate, half a cycle every cyclic_half_cycle_epochs, and
+        # Keras time decay lr / (1 + time_decay * step).
+        cyclic_min_lr=1e-7, cyclic_half_cycle_epochs=10.0, time_decay=1e-5,
+    ))
+    c.seed = 0
+
+    # Logging, evaluation, checkpoints.
+    c.log_every_steps = 20
+    c.eval_every_epochs = 1
+    c.checkpoint_every_epochs = 1
+    c.keep_checkpoints = 3        # the latest K are kept, plus the best by validation NME
+    c.progress_bar = True
+    return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """So that this file is itself a config file: the default of ``asmnet-train --config``."""
+    return base_config()

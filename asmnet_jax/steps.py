@@ -1,0 +1,155 @@
+"""The train state, the optimizer, and the data-parallel train and eval steps.
+
+The steps are per-device functions written with pmap semantics: each device sees its shard of the
+global batch, gradients, loss terms and BN statistics are averaged with ``lax.pmean`` over the
+``data`` mesh axis (BN normalises with cross-device statistics, ``bn_axis_name='data'``), and the
+update is applied identically everywhere. :func:`compile_train_step` compiles them once with
+``jax.jit`` over ``jax.shard_map`` on a 1-D ``data`` mesh, so the same code runs on one CPU, N GPUs
+or TPU cores, and several hosts.
+
+The ASM projection and the alpha schedule run inside the step: the shape model is an argument (a
+pytree of device arrays) and the epoch is computed from the traced step counter, so nothing goes
+back to the host and nothing recompiles from one epoch to the next.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from asmnet_jax.asm import ShapeModel
+from asmnet_jax.losses import asm_alpha, landmark_mse, total_loss
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs: step, params, BN statistics, optimizer state and RNG key.
+
+    ``rng`` holds raw key data (uint32) so that checkpoints store it as a plain array.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class LossSettings:
+    """Static loss settings of a run (see :func:`asmnet_jax.losses.total_loss`)."""
+
+    total_epochs: int = flax.struct.field(pytree_node=False, default=1)
+    steps_per_epoch: int = flax.struct.field(pytree_node=False, default=1)
+    head_l2_weight: float = flax.struct.field(pytree_node=False, default=0.0)
+    pose_weight: float = flax.struct.field(pytree_node=False, default=0.5)
+
+
+def images_to_unit(images, dtype=jnp.float32):
+    """uint8 RGB images (from the pipeline) -> [0, 1] in ``dtype``; float images pass through."""
+    if images.dtype == jnp.uint8:
+        return images.astype(dtype) * jnp.asarray(1.0 / 255.0, dtype)
+    return images.astype(dtype)
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all (or the given) devices with the axis ``data``."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array,
+                       input_size: int) -> TrainState:
+    """Initialises params and BN statistics (on the host's default device) and the optimizer."""
+    init_rng, state_rng = jax.random.split(rng)
+    images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+    variables = jax.jit(model.init)(init_rng, images)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng))
+
+
+def epoch_of(step, steps_per_epoch: int):
+    """0-based epoch of a (traced) step."""
+    return step // steps_per_epoch
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], shape_model: Optional[ShapeModel],
+               *, model, optimizer: optax.GradientTransformation,
+               settings: LossSettings) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    """One step on this device's shard of the batch (call under shard_map over ``data``)."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    dropout_key = jax.random.fold_in(step_key, lax.axis_index(DATA_AXIS))
+    epoch = epoch_of(state.step, settings.steps_per_epoch)
+    alpha = asm_alpha(epoch, settings.total_epochs)
+    mask = batch["mask"]
+
+    def loss_fn(params):
+        (landmarks, pose), updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images_to_unit(batch["image"]),
+            train=True,
+            rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+        loss, terms = total_loss(landmarks, pose, batch["landmarks"], batch["pose"],
+                                 shape_model=shape_model, alpha=alpha, params=params,
+                                 head_l2_weight=settings.head_l2_weight,
+                                 pose_weight=settings.pose_weight)
+        return loss, (terms, updates["batch_stats"])
+
+    (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, DATA_AXIS)
+    terms = lax.pmean(terms, DATA_AXIS)
+    # Statistics are already global (BN syncs over 'data'); pmean keeps them exactly replicated.
+    batch_stats = lax.pmean(batch_stats, DATA_AXIS)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(terms, epoch=epoch.astype(jnp.float32), grad_norm=optax.global_norm(grads),
+                   examples=lax.psum(jnp.sum(mask), DATA_AXIS))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(variables, batch: Dict[str, jax.Array], *, model) -> Dict[str, jax.Array]:
+    """Predictions for this device's shard: {'landmarks' (b, 2n), 'pose' (b, 3)}."""
+    landmarks, pose = model.apply(variables, images_to_unit(batch["image"]), train=False)
+    return {"landmarks": landmarks, "pose": pose}
+
+
+def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callable:
+    """``step(state, batch, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
+
+    ``model`` must be built with ``bn_axis_name='data'``. State and shape model are replicated,
+    the batch is split along its first axis; the state's buffers are donated.
+    """
+    per_device = functools.partial(train_step, model=model, optimizer=optimizer,
+                                   settings=settings)
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                            out_specs=(P(), P()), check_vma=False)
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def compile_eval_step(model, mesh) -> Callable:
+    """``predict(variables, batch) -> {'landmarks', 'pose'}``, sharded along the batch."""
+    sharded = jax.shard_map(functools.partial(eval_step, model=model), mesh=mesh,
+                            in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+    return jax.jit(sharded)
+
+
+def replicate(tree, mesh):
+    """Places a pytree on every device of ``mesh`` (replicated)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))

@@ -1,0 +1,493 @@
+"""Training: ``train_and_evaluate(config, workdir)`` and its parts.
+
+The loop: build the data sources, fit the ASM on the training shapes, create or restore the train
+state, then for each step feed this process's part of the global batch to the compiled
+data-parallel step (:mod:`asmnet_jax.steps`); evaluate the validation NME and checkpoint at epoch
+ends; log to the console, TensorBoard and ``metrics.jsonl``; stop with a clear message on a
+non-finite loss. A restarted run resumes from the latest good checkpoint (step, parameters,
+optimizer state, RNG and data position) and continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
+
+from asmnet_jax import landmarks as lm
+from asmnet_jax import steps as steps_lib
+from asmnet_jax.asm import ShapeModel
+from asmnet_jax.config_base import base_config
+from asmnet_jax.data import augment, examples, geometry, pipeline
+from asmnet_jax.models import MODELS, create_model
+
+log = logging.getLogger(__name__)
+
+DATASET_LANDMARKS = {"w300": 68, "wflw": 98}
+SCHEDULES = ("cosine", "constant", "authors_cyclic")
+#: Compute dtypes (parameters stay float32). float64 needs JAX_ENABLE_X64 (exactness tests).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+class ConfigError(ValueError):
+    """A configuration key with a bad value; the message names the key."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Rejects unknown keys and bad values before anything is built, naming the key."""
+    reference = base_config()
+
+    def walk(cfg, ref, prefix):
+        for key in cfg.keys():
+            name = f"{prefix}{key}"
+            if key not in ref:
+                raise ConfigError(f"unknown config key {name!r}")
+            if isinstance(ref[key], ml_collections.ConfigDict):
+                walk(cfg[key], ref[key], name + ".")
+
+    walk(config, reference, "config.")
+
+    def require(ok, key, message):
+        if not ok:
+            raise ConfigError(f"config.{key}: {message}")
+
+    require(config.model in MODELS, "model", f"{config.model!r} is not one of {sorted(MODELS)}")
+    require(config.dataset in ("synthetic", *DATASET_LANDMARKS), "dataset",
+            f"{config.dataset!r} is not synthetic, w300 or wflw")
+    require(config.num_landmarks in lm.FLIP_ORDERS, "num_landmarks",
+            f"{config.num_landmarks} is not 68 or 98")
+    expected = DATASET_LANDMARKS.get(config.dataset)
+    require(expected is None or expected == config.num_landmarks, "num_landmarks",
+            f"{config.num_landmarks} does not match dataset {config.dataset!r}, which has "
+            f"{expected} points")
+    require(config.input_size > 0 and config.input_size % 32 == 0, "input_size",
+            f"{config.input_size} is not a positive multiple of 32")
+    require(0.0 < config.asm_variance < 1.0, "asm_variance", "must be in (0, 1)")
+    require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {sorted(DTYPES)}")
+    require(config.dtype != "float64" or jax.config.jax_enable_x64, "dtype",
+            "float64 needs 64-bit JAX (JAX_ENABLE_X64=1)")
+    require(config.optimizer.schedule in SCHEDULES, "optimizer.schedule",
+            f"{config.optimizer.schedule!r} is not one of {SCHEDULES}")
+    require(config.optimizer.name in ("adam", "adamw"), "optimizer.name",
+            f"{config.optimizer.name!r} is not adam or adamw")
+    require(config.batch_size > 0, "batch_size", "must be positive")
+    require(config.batch_size % jax.device_count() == 0, "batch_size",
+            f"{config.batch_size} is not divisible by the {jax.device_count()} devices")
+    require(config.num_epochs > 0, "num_epochs", "must be positive")
+    try:
+        augment.AugmentConfig.from_dict(config.augment)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config.augment: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+class InMemorySource:
+    """A list of examples as a grain random-access source."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, index):
+        return self._items[index]
+
+
+def synthetic_store_size(input_size: int) -> int:
+    """Stored synthetic crops keep the 288 : 224 ratio of the real datasets' crops."""
+    return int(round(input_size * examples.STORE_SIZE / 224 / 8)) * 8
+
+
+def load_sources(config) -> Tuple[object, object]:
+    """(train source, validation source) for ``config.dataset``."""
+    if config.dataset == "synthetic":
+        store = synthetic_store_size(config.input_size)
+        sources = []
+        for split in ("train", "validation"):
+            seed = examples.synthetic_seed(config.synthetic.seed, split)
+            count = config.synthetic[split]
+            sources.append(InMemorySource(
+                examples.synthetic_example(seed, i, store, config.num_landmarks, split=split)
+                for i in range(count)))
+        return sources[0], sources[1]
+    from asmnet_jax.data import tfds_builders
+
+    data_dir = config.data_dir or None
+    return (tfds_builders.data_source(config.dataset, config.train_split, data_dir),
+            tfds_builders.data_source(config.dataset, config.val_split, data_dir))
+
+
+def training_shapes(source, config) -> np.ndarray:
+    """Ground-truth landmark vectors (N, 2n) of ``source`` in model units (base crop, no
+    augmentation): what the ASM is fitted on."""
+    shapes = []
+    for index in range(len(source)):
+        example = source[index]
+        matrix = pipeline.base_matrix(example["box"], config.margin, config.input_size)
+        points = geometry.transform_points(example["landmarks"], matrix)
+        shapes.append(lm.pixels_to_model(points, config.input_size))
+    return np.stack(shapes)
+
+
+def pipeline_config(config) -> pipeline.PipelineConfig:
+    return pipeline.PipelineConfig(
+        batch_size=config.batch_size, input_size=config.input_size, margin=config.margin,
+        num_landmarks=config.num_landmarks, seed=config.seed, num_workers=config.num_workers,
+        augment=augment.AugmentConfig.from_dict(config.augment))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def learning_rate_schedule(opt, steps_per_epoch: int, total_steps: int):
+    """The learning rate as a function of the step (see ``config.optimizer``)."""
+    if opt.schedule == "constant":
+        return optax.constant_schedule(opt.learning_rate)
+    if opt.schedule == "cosine":
+        warmup = int(round(opt.warmup_epochs * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, opt.learning_rate, max(warmup, 1), max(total_steps, warmup + 1))
+    half = max(1.0, opt.cyclic_half_cycle_epochs * steps_per_epoch)
+    low, high, decay = opt.cyclic_min_lr, opt.learning_rate, opt.time_decay
+
+    def authors_cyclic(step):
+        # Triangular cycle starting at the low end, then Keras' time decay.
+        position = jnp.mod(step / half, 2.0)
+        triangle = 1.0 - jnp.abs(position - 1.0)
+        return (low + (high - low) * triangle) / (1.0 + decay * step)
+
+    return authors_cyclic
+
+
+def make_optimizer(opt, schedule) -> optax.GradientTransformation:
+    parts = []
+    if opt.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip))
+    if opt.name == "adamw":
+        parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+    else:
+        parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2))
+    return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class Checkpoints:
+    """Orbax checkpoints of the train state: the latest ``keep`` plus the best by validation NME.
+
+    A checkpoint that fails to restore (corrupt or partial) is skipped with a warning and the
+    previous one is tried.
+    """
+
+    def __init__(self, directory: str, keep: int):
+        policy = ocp_preservation.AnyPreservationPolicy([
+            ocp_preservation.LatestN(n=max(int(keep), 1)),
+            ocp_preservation.BestN(get_metric_fn=lambda m: m["val_nme"], reverse=True, n=1,
+                                   keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                             item_names=("state", "meta"))
+
+    def save(self, state, meta: Dict, val_nme: Optional[float] = None) -> None:
+        metrics = {"val_nme": float(val_nme)} if val_nme is not None else None
+        self.manager.save(int(meta["step"]), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, abstract_state):
+        """(state, meta) of the newest checkpoint that restores, or (None, None)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                return restored["state"], restored["meta"]
+            except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
+                log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying "
+                            "the previous one", step, self.manager.directory,
+                            type(err).__name__, err)
+        return None, None
+
+    def read(self, step: Optional[int] = None):
+        """(state as nested dicts of arrays, meta) at ``step`` (default the latest), without a
+        template: for inspection and evaluation tools."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def close(self):
+        self.manager.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(predict, variables, source, config, mesh, process_index=0, process_count=1):
+    """Validation metrics: inter-ocular NME (%) and pose MAE (degrees) over ``source``."""
+    from jax.experimental import multihost_utils
+
+    from asmnet_jax import metrics
+
+    pcfg = pipeline_config(config)
+    dataset = pipeline.eval_dataset(source, pcfg, process_index, process_count)
+    local = config.batch_size // process_count
+    num_batches = math.ceil(len(source) / config.batch_size)
+    sharding = steps_lib.batch_sharding(mesh)
+    preds, gts, poses, pose_gts, masks = [], [], [], [], []
+    for k in range(num_batches):
+        if k < len(dataset):
+            batch = dataset[k]
+        else:  # this process has run out of records: a fully masked copy keeps lock-step
+            batch = dict(dataset[len(dataset) - 1])
+            batch["mask"] = np.zeros(local, np.float32)
+        out = predict(variables, pipeline.device_batch(batch, sharding))
+        gathered = multihost_utils.process_allgather(
+            {"landmarks": out["landmarks"], "pose": out["pose"]}, tiled=True) \
+            if process_count > 1 else jax.device_get(out)
+        host = {key: np.asarray(batch[key]) for key in ("landmarks", "pose", "mask")}
+        if process_count > 1:
+            host = multihost_utils.process_allgather(host, tiled=True)
+        preds.append(gathered["landmarks"])
+        poses.append(gathered["pose"])
+        gts.append(host["landmarks"])
+        pose_gts.append(host["pose"])
+        masks.append(host["mask"])
+    mask = np.concatenate(masks) > 0
+    pred = np.concatenate(preds)[mask]
+    gt = np.concatenate(gts)[mask]
+    nme = metrics.per_face_nme(pred, gt, "inter_ocular", config.num_landmarks)
+    summary = metrics.summarize(
+        nme, pose_pred=lm.model_pose_to_degrees(np.concatenate(poses)[mask]),
+        pose_gt=lm.model_pose_to_degrees(np.concatenate(pose_gts)[mask]))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Logger:
+    """Console progress bar, TensorBoard scalars and ``metrics.jsonl`` (process 0 only)."""
+
+    def __init__(self, workdir, total_steps, start_step, enabled, progress_bar):
+        self.enabled = enabled
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+        self.writer = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+                log.warning("tensorboardX is not installed: no TensorBoard scalars")
+        self.bar = None
+        if enabled and progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step",
+                            dynamic_ncols=True, mininterval=1.0)
+
+    def scalars(self, step: int, values: Dict[str, float], prefix: str):
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.jsonl.write(json.dumps({"step": step, "kind": prefix, **values}) + "\n")
+        self.jsonl.flush()
+
+    def progress(self, advance: int, postfix: Dict[str, str]):
+        if self.bar is not None:
+            self.bar.update(advance)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def write(self, text: str):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def build_model(config, bn_axis_name=None):
+    kwargs = dict(dtype=DTYPES[config.dtype], depthwise_impl=config.depthwise_impl,
+                  bn_axis_name=bn_axis_name)
+    if config.model == "asmnet":
+        kwargs["dropout_rate"] = config.dropout_rate
+    return create_model(config.model, config.num_landmarks, **kwargs)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
+    """Trains (or resumes) the run in ``workdir``; returns the final summary (also written to
+    ``workdir/metrics.json``)."""
+    wall_start = time.perf_counter()
+    check_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    process_index, process_count = jax.process_index(), jax.process_count()
+    is_main = process_index == 0
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    train_source, val_source = load_sources(config)
+    pcfg = pipeline_config(config)
+    steps_per_epoch = len(train_source) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"config.batch_size: {config.batch_size} is larger than the "
+                          f"{len(train_source)} training examples")
+    total_steps = steps_per_epoch * config.num_epochs
+    last_step = total_steps if config.max_steps <= 0 else min(total_steps, config.max_steps)
+
+    shape_model = None
+    if config.asm_loss:
+        asm_path = os.path.join(workdir, "asm.npz")
+        shape_model = ShapeModel.fit(training_shapes(train_source, config), config.asm_variance)
+        if is_main:
+            shape_model.save(asm_path)
+        log.info("ASM: %d components keep %.0f%% of the shape variance",
+                 shape_model.num_components, 100 * config.asm_variance)
+
+    mesh = steps_lib.make_mesh()
+    model = build_model(config, bn_axis_name=steps_lib.DATA_AXIS)
+    schedule = learning_rate_schedule(config.optimizer, steps_per_epoch, total_steps)
+    optimizer = make_optimizer(config.optimizer, schedule)
+    settings = steps_lib.LossSettings(total_epochs=config.num_epochs,
+                                      steps_per_epoch=steps_per_epoch,
+                                      head_l2_weight=config.head_l2)
+    state = steps_lib.create_train_state(model, optimizer, jax.random.key(config.seed),
+                                         config.input_size)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    restored, meta = checkpoints.restore_latest(jax.tree_util.tree_map(
+        ocp.utils.to_shape_dtype_struct, state))
+    best_nme = math.inf
+    if restored is not None:
+        state = restored
+        best_nme = meta.get("best_val_nme", math.inf)
+        log.info("resumed from step %d", int(state.step))
+    state = steps_lib.replicate(state, mesh)
+    shape_model = steps_lib.replicate(shape_model, mesh) if shape_model is not None else None
+    train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+    predict = steps_lib.compile_eval_step(model, mesh)
+    sharding = steps_lib.batch_sharding(mesh)
+
+    start_step = int(state.step)
+    train_batches = pipeline.iterate(
+        pipeline.train_dataset(train_source, pcfg, process_index, process_count),
+        start=start_step, num_workers=config.num_workers)
+    logger = _Logger(workdir, last_step, start_step, is_main, config.progress_bar)
+    logger.write(f"{config.model} on {config.dataset}: {len(train_source)} training faces, "
+                 f"{steps_per_epoch} steps per epoch, {total_steps} steps, "
+                 f"{jax.device_count()} device(s) in {process_count} process(es)")
+    val_summary: Dict = {}
+    step = start_step
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        while step < last_step:
+            batch = pipeline.device_batch(next(train_batches), sharding)
+            state, metrics = train_step(state, batch, shape_model)
+            step += 1
+            window_steps += 1
+            # Two scalars per step: the divergence check (finite gradients keep params finite).
+            loss, grad_norm = (float(v) for v in jax.device_get(
+                (metrics["total"], metrics["grad_norm"])))
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise TrainingDiverged(
+                    f"the loss became {loss} (gradient norm {grad_norm}) at step {step} (epoch {(step - 1) // steps_per_epoch}"
+                    f"); stopping. The last good checkpoint in {checkpoints.manager.directory} is "
+                    "untouched: lower config.optimizer.learning_rate or set "
+                    "config.optimizer.grad_clip and resume.")
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % config.log_every_steps == 0 or end_of_epoch or step == last_step:
+                elapsed = time.perf_counter() - window_start
+                values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+                values["learning_rate"] = float(schedule(step - 1))
+                values["img_per_s"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+                logger.scalars(step, values, "train")
+                logger.progress(window_steps, {
+                    "ep": str(int(values["epoch"])), "loss": _fmt(values["total"]),
+                    "mse": _fmt(values["mse"]), "asm": _fmt(values["asm"]),
+                    "alpha": _fmt(values["alpha"]), "lr": _fmt(values["learning_rate"]),
+                    "img/s": f"{values['img_per_s']:.0f}"})
+                window_start, window_steps = time.perf_counter(), 0
+            epoch = step // steps_per_epoch
+            evaluate_now = (end_of_epoch and epoch % config.eval_every_epochs == 0) \
+                or step == last_step
+            save_now = (end_of_epoch and epoch % config.checkpoint_every_epochs == 0) \
+                or step == last_step
+            if evaluate_now or save_now:
+                val_nme = None
+                if evaluate_now:
+                    variables = {"params": state.params, "batch_stats": state.batch_stats}
+                    val_summary = evaluate(predict, variables, val_source, config, mesh,
+                                           process_index, process_count)
+                    val_nme = val_summary["nme"]
+                    best_nme = min(best_nme, val_nme)
+                    logger.scalars(step, {k: v for k, v in val_summary.items()
+                                          if isinstance(v, (int, float))}, "val")
+                    logger.write(f"step {step} epoch {epoch}: val NME {val_nme:.3f}% "
+                                 f"(best {best_nme:.3f}%), FR {val_summary['fr']:.1f}%")
+                if save_now:
+                    checkpoints.save(jax.device_get(state),
+                                     {"step": step, "epoch": epoch, "best_val_nme": best_nme},
+                                     val_nme)
+    finally:
+        logger.close()
+        checkpoints.close()
+
+    summary = {"step": step, "epoch": step / steps_per_epoch, "val_nme": val_summary.get("nme"),
+               "val_fr": val_summary.get("fr"), "val_auc": val_summary.get("auc"),
+               "best_val_nme": best_nme if math.isfinite(best_nme) else None,
+               "val_pose_mae": val_summary.get("pose_mae"),
+               "model": config.model, "dataset": config.dataset, "asm_loss": config.asm_loss,
+               "devices": jax.device_count(), "processes": process_count,
+               "wall_s": time.perf_counter() - wall_start}
+    if is_main:
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,180 @@
+"""Training: config checks, the CLI end to end, exact resume, and divergence handling.
+
+Runs are tiny (32 x 32 synthetic faces, batch 8) so that a compile dominates; the session's
+persistent XLA cache (conftest) lets later runs reuse it.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from asmnet_jax import train
+from asmnet_jax.config_base import base_config
+
+
+def tiny_config(**overrides):
+    c = base_config()
+    c.input_size = 32
+    c.batch_size = 8
+    c.synthetic.train = 32     # 4 steps per epoch
+    c.synthetic.validation = 12
+    c.num_epochs = 3
+    c.log_every_steps = 2
+    c.progress_bar = False
+    c.keep_checkpoints = 2
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    c.lock()
+    return c
+
+
+def _params(workdir):
+    ckpt = train.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
+    try:
+        state, meta = ckpt.read()
+        return meta["step"], state
+    finally:
+        ckpt.close()
+
+
+def _max_difference(a, b):
+    leaves = jax.tree_util.tree_map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
+        a, b)
+    return max(jax.tree_util.tree_leaves(leaves))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("num_landmarks", 98, "does not match dataset"),
+    ("input_size", 40, "multiple of 32"),
+    ("optimizer.schedule", "linear", "optimizer.schedule"),
+    ("model", "resnet", "config.model"),
+])
+def test_bad_config_values_name_the_key(key, value, message):
+    c = tiny_config(dataset="w300") if key == "num_landmarks" else tiny_config()
+    c.unlock()
+    target = c
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        target = target[parent]
+    target[leaf] = value
+    with pytest.raises(train.ConfigError, match=message):
+        train.check_config(c)
+
+
+def test_unknown_config_key_is_rejected():
+    c = tiny_config()
+    c.unlock()
+    c.learning_rate = 0.1  # belongs under optimizer
+    with pytest.raises(train.ConfigError, match="config.learning_rate"):
+        train.check_config(c)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    summary = train.train_and_evaluate(tiny_config(), workdir)
+    return workdir, summary
+
+
+def test_a_run_trains_evaluates_and_writes_its_figures(uninterrupted):
+    workdir, summary = uninterrupted
+    assert summary["step"] == 12
+    assert math.isfinite(summary["val_nme"]) and summary["val_nme"] > 0
+    assert set(summary["val_pose_mae"]) == {"yaw", "pitch", "roll", "mean"}
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f)["step"] == 12
+    for name in ("config.json", "asm.npz", "metrics.jsonl"):
+        assert os.path.exists(os.path.join(workdir, name))
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_rows = [r for r in records if r["kind"] == "train"]
+    val_rows = [r for r in records if r["kind"] == "val"]
+    assert len(val_rows) == 3  # one evaluation per epoch
+    assert {"mse", "asm", "alpha", "pose", "head_l2", "learning_rate", "img_per_s"} <= set(
+        train_rows[0])
+    # The alpha schedule moves with the epoch inside the compiled step: 2, 1, 0.5 for 3 epochs.
+    alphas = {int(r["epoch"]): r["alpha"] for r in train_rows}
+    assert alphas == {0: 2.0, 1: 1.0, 2: 0.5}
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
+    workdir = str(tmp_path / "interrupted")
+    first = train.train_and_evaluate(tiny_config(max_steps=5), workdir)
+    assert first["step"] == 5
+    resumed = train.train_and_evaluate(tiny_config(), workdir)
+    assert resumed["step"] == 12
+    step_a, state_a = _params(reference_dir)
+    step_b, state_b = _params(workdir)
+    assert step_a == step_b == 12
+    assert _max_difference(state_a["params"], state_b["params"]) == 0.0
+    assert _max_difference(state_a["batch_stats"], state_b["batch_stats"]) == 0.0
+    assert _max_difference(state_a["opt_state"], state_b["opt_state"]) == 0.0
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, tmp_path, caplog):
+    import shutil
+
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(uninterrupted[0], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    latest = os.path.join(checkpoints, str(steps[-1]), "state")
+    for root, _, files in os.walk(latest):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    template = train.steps_lib.create_train_state(
+        train.build_model(tiny_config()),
+        train.make_optimizer(tiny_config().optimizer, lambda s: 1e-3), jax.random.key(0), 32)
+    ckpt = train.Checkpoints(checkpoints, 2)
+    try:
+        state, meta = ckpt.restore_latest(jax.tree_util.tree_map(
+            train.ocp.utils.to_shape_dtype_struct, template))
+    finally:
+        ckpt.close()
+    assert meta["step"] == steps[-2]
+    assert int(state.step) == steps[-2]
+    assert "cannot be restored" in caplog.text
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "diverging")
+    shutil.copytree(uninterrupted[0], workdir)
+    # Step 13 takes the huge update; its result shows in the loss of step 14.
+    with pytest.raises(train.TrainingDiverged, match="loss became .* at step 14"):
+        train.train_and_evaluate(tiny_config(num_epochs=4, **{"optimizer.learning_rate": 1e30,
+                                                               "optimizer.schedule": "constant"}),
+                                 workdir)
+    step, state = _params(workdir)
+    assert step == 12
+    _, reference = _params(uninterrupted[0])
+    assert _max_difference(state["params"], reference["params"]) == 0.0
+
+
+def test_the_cli_runs_the_default_config_end_to_end(tmp_path):
+    workdir = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "asmnet_jax.train_cli", f"--workdir={workdir}",
+           "--config.input_size=32", "--config.batch_size=8", "--config.synthetic.train=16",
+           "--config.synthetic.validation=8", "--config.num_epochs=1",
+           "--config.progress_bar=False"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["val_nme"] > 0 and summary["wall_s"] > 0
+    bad = subprocess.run(cmd + ["--config.num_landmark=98"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "num_landmark" in bad.stderr
