@@ -10,7 +10,9 @@ Keras weights load one-to-one (:mod:`asmnet_jax.keras_import`):
 * stem: 3x3/2 conv to 32 channels, BN, ReLU6;
 * blocks 0-16: [1x1 expand, BN, ReLU6] (not in block 0), 3x3 depthwise (stride s), BN, ReLU6,
   1x1 project, BN, plus the input when s == 1 and the channel count is unchanged;
-* BN: epsilon 1e-3, momentum 0.999 (Keras and Flax share the convention); convs have no bias; every
+* BN: epsilon 1e-3, momentum 0.999 (Keras and Flax share the convention; ``bn_momentum`` changes
+  it for short runs, where 0.999 leaves the running statistics near their initial values); convs
+  have no bias; every
   kernel is glorot-uniform initialised, as in Keras.
 
 ``ASMNet`` keeps the stem and blocks 0-15, global-average-pools six taps (blocks 1, 3, 6, 10, 13,
@@ -80,13 +82,14 @@ class _Layers(nn.Module):
     dtype: Dtype = jnp.float32
     depthwise_impl: str = "auto"
     bn_axis_name: Optional[str] = None
+    bn_momentum: float = BN_MOMENTUM
 
     def conv(self, features, kernel, strides=1, name=None):
         return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
                        use_bias=False, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
 
     def norm(self, train, name=None):
-        return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                             epsilon=BN_EPSILON, dtype=self.dtype,
                             axis_name=self.bn_axis_name if train else None, name=name)
 
@@ -135,7 +138,7 @@ class MobileNetV2Backbone(_Layers):
         x = relu6(self.norm(train, name="stem_bn")(x))
         tapped = {}
         layers = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl,
-                      bn_axis_name=self.bn_axis_name)
+                      bn_axis_name=self.bn_axis_name, bn_momentum=self.bn_momentum)
         for index, (expansion, features, strides) in enumerate(BLOCKS[:self.num_blocks]):
             x = InvertedResidual(expansion=expansion, features=features, strides=strides,
                                  name=f"block_{index}", **layers)(x, train)
@@ -173,7 +176,7 @@ class ASMNet(_LandmarkPoseModel):
         _, tapped = MobileNetV2Backbone(
             num_blocks=ASMNET_TAPS[-1] + 1, top_conv=False, taps=ASMNET_TAPS, dtype=self.dtype,
             depthwise_impl=self.depthwise_impl, bn_axis_name=self.bn_axis_name,
-            name="backbone")(images, train)
+            bn_momentum=self.bn_momentum, name="backbone")(images, train)
         features = jnp.concatenate([_global_average_pool(tapped[i]) for i in ASMNET_TAPS], axis=-1)
         features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
         return self.heads(features)
@@ -185,8 +188,8 @@ class MobileNetV2Baseline(_LandmarkPoseModel):
     @nn.compact
     def __call__(self, images, train: bool = False):
         x, _ = MobileNetV2Backbone(
-            dtype=self.dtype, depthwise_impl=self.depthwise_impl,
-            bn_axis_name=self.bn_axis_name, name="backbone")(images, train)
+            dtype=self.dtype, depthwise_impl=self.depthwise_impl, bn_axis_name=self.bn_axis_name,
+            bn_momentum=self.bn_momentum, name="backbone")(images, train)
         return self.heads(_global_average_pool(x))
 
 

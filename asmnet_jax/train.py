@@ -89,6 +89,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"{config.optimizer.schedule!r} is not one of {SCHEDULES}")
     require(config.optimizer.name in ("adam", "adamw"), "optimizer.name",
             f"{config.optimizer.name!r} is not adam or adamw")
+    require(config.head_init in ("keras", "mean"), "head_init",
+            f"{config.head_init!r} is not keras or mean")
+    require(0.0 <= config.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
     require(config.batch_size > 0, "batch_size", "must be positive")
     require(config.batch_size % jax.device_count() == 0, "batch_size",
             f"{config.batch_size} is not divisible by the {jax.device_count()} devices")
@@ -140,16 +143,29 @@ def load_sources(config) -> Tuple[object, object]:
             tfds_builders.data_source(config.dataset, config.val_split, data_dir))
 
 
-def training_shapes(source, config) -> np.ndarray:
-    """Ground-truth landmark vectors (N, 2n) of ``source`` in model units (base crop, no
-    augmentation): what the ASM is fitted on."""
-    shapes = []
+def training_labels(source, config) -> Tuple[np.ndarray, np.ndarray]:
+    """Ground-truth landmark vectors (N, 2n) and poses (N, 3) of ``source`` in model units (base
+    crop, no augmentation): what the ASM and the mean-initialised heads are fitted on."""
+    shapes, poses = [], []
     for index in range(len(source)):
         example = source[index]
         matrix = pipeline.base_matrix(example["box"], config.margin, config.input_size)
         points = geometry.transform_points(example["landmarks"], matrix)
         shapes.append(lm.pixels_to_model(points, config.input_size))
-    return np.stack(shapes)
+        poses.append(lm.degrees_to_model_pose(example["pose"]))
+    return np.stack(shapes), np.stack(poses)
+
+
+def mean_head_init(params, mean_landmarks, mean_pose, scale: float = 0.1):
+    """Heads that start at the training set's mean landmarks (2n,) and pose (3,) in model units,
+    with kernels scaled by ``scale``."""
+    params = dict(params)
+    for name, bias in (("landmark_head", mean_landmarks), ("pose_head", mean_pose)):
+        head = dict(params[name])
+        head["kernel"] = head["kernel"] * scale
+        head["bias"] = jnp.asarray(bias, head["bias"].dtype)
+        params[name] = head
+    return params
 
 
 def pipeline_config(config) -> pipeline.PipelineConfig:
@@ -352,7 +368,7 @@ class _Logger:
 
 def build_model(config, bn_axis_name=None):
     kwargs = dict(dtype=DTYPES[config.dtype], depthwise_impl=config.depthwise_impl,
-                  bn_axis_name=bn_axis_name)
+                  bn_axis_name=bn_axis_name, bn_momentum=config.bn_momentum)
     if config.model == "asmnet":
         kwargs["dropout_rate"] = config.dropout_rate
     return create_model(config.model, config.num_landmarks, **kwargs)
@@ -385,9 +401,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     last_step = total_steps if config.max_steps <= 0 else min(total_steps, config.max_steps)
 
     shape_model = None
+    shapes, poses = training_labels(train_source, config)
+    # The mean training shape's validation NME: the bar a model that learned nothing would reach.
+    from asmnet_jax import metrics
+
+    val_shapes, _ = training_labels(val_source, config)
+    mean_shape_nme = 100 * float(np.mean(metrics.per_face_nme(
+        np.broadcast_to(shapes.mean(axis=0), val_shapes.shape), val_shapes)))
     if config.asm_loss:
         asm_path = os.path.join(workdir, "asm.npz")
-        shape_model = ShapeModel.fit(training_shapes(train_source, config), config.asm_variance)
+        shape_model = ShapeModel.fit(shapes, config.asm_variance)
         if is_main:
             shape_model.save(asm_path)
         log.info("ASM: %d components keep %.0f%% of the shape variance",
@@ -402,6 +425,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                                       head_l2_weight=config.head_l2)
     state = steps_lib.create_train_state(model, optimizer, jax.random.key(config.seed),
                                          config.input_size)
+    if config.head_init == "mean":
+        params = mean_head_init(state.params, shapes.mean(axis=0), poses.mean(axis=0))
+        state = state.replace(params=params, opt_state=optimizer.init(params))
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     restored, meta = checkpoints.restore_latest(jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, state))
@@ -423,7 +449,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     logger = _Logger(workdir, last_step, start_step, is_main, config.progress_bar)
     logger.write(f"{config.model} on {config.dataset}: {len(train_source)} training faces, "
                  f"{steps_per_epoch} steps per epoch, {total_steps} steps, "
-                 f"{jax.device_count()} device(s) in {process_count} process(es)")
+                 f"{jax.device_count()} device(s) in {process_count} process(es); the mean "
+                 f"shape's validation NME is {mean_shape_nme:.2f}%")
     val_summary: Dict = {}
     step = start_step
     window_start, window_steps = time.perf_counter(), 0
@@ -483,6 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     summary = {"step": step, "epoch": step / steps_per_epoch, "val_nme": val_summary.get("nme"),
                "val_fr": val_summary.get("fr"), "val_auc": val_summary.get("auc"),
                "best_val_nme": best_nme if math.isfinite(best_nme) else None,
+               "val_nme_mean_shape": mean_shape_nme,
                "val_pose_mae": val_summary.get("pose_mae"),
                "model": config.model, "dataset": config.dataset, "asm_loss": config.asm_loss,
                "devices": jax.device_count(), "processes": process_count,

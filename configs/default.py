@@ -2,7 +2,7 @@
 
     asmnet-train --config configs/default.py --workdir /tmp/asmnet_default
 
-Trains on 2,000 synthetic faces rendered once into memory, at 64 x 64: a few minutes on a 2-core
+Trains on 1,600 synthetic faces rendered once into memory, at 64 x 64: a few minutes on a 2-core
 CPU, the validation NME falling far below that of the mean shape. Every key is documented in
 asmnet_jax/config_base.py.
 """

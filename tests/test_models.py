@@ -79,6 +79,20 @@ def test_train_mode_uses_dropout_and_updates_batch_stats(asmnet_and_variables):
     np.testing.assert_allclose(new_mean, (1 - BN_MOMENTUM) * batch_mean, rtol=1e-4, atol=1e-7)
 
 
+def test_bn_momentum_is_configurable(asmnet_and_variables):
+    _, variables = asmnet_and_variables
+    images = jax.random.uniform(jax.random.key(3), (2, SIZE, SIZE, 3))
+    model = ASMNet(num_landmarks=68, bn_momentum=0.9)
+    _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                  rngs={"dropout": jax.random.key(0)}))(
+        variables, images)
+    kernel = variables["params"]["backbone"]["stem"]["kernel"]
+    stem = jax.lax.conv_general_dilated(images, kernel, (2, 2), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(updates["batch_stats"]["backbone"]["stem_bn"]["mean"],
+                               0.1 * np.asarray(stem).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-7)
+
+
 def test_depthwise_forms_give_the_same_model_outputs(asmnet_and_variables):
     _, variables = asmnet_and_variables
     images = jax.random.uniform(jax.random.key(2), (2, SIZE, SIZE, 3))

@@ -83,3 +83,43 @@ def test_synthetic_faces_builder_and_errors(tmp_path):
     (empty / "notes.txt").write_text("no faces here")
     with pytest.raises(DataError, match="no 300W split"):
         tfds_builders.build("w300", manual_dir=empty, data_dir=tmp_path)
+
+
+def test_wflw_builder_reads_the_official_list_with_attribute_subsets(tmp_path):
+    manual = tmp_path / "wflw"
+    lines = []
+    for i, (which, flags) in enumerate([("train", "0 0 0 0 0 0"), ("train", "1 0 0 0 0 0"),
+                                        ("test", "1 0 0 0 0 1"), ("test", "0 1 0 0 0 0")]):
+        record = _write_face(manual / "WFLW_images" / "0--Event", f"img_{i}", 9, i, 98)
+        x0, y0 = record["landmarks"].min(axis=0)
+        x1, y1 = record["landmarks"].max(axis=0)
+        coords = " ".join(f"{v:.3f}" for v in record["landmarks"].reshape(-1))
+        lines.append((which, f"{coords} {int(x0)} {int(y0)} {int(x1) + 1} {int(y1) + 1} {flags} "
+                             f"0--Event/img_{i}.jpg"))
+    lists = manual / "WFLW_annotations" / "list_98pt_rect_attr_train_test"
+    lists.mkdir(parents=True)
+    for which in ("train", "test"):
+        (lists / f"list_98pt_rect_attr_{which}.txt").write_text(
+            "\n".join(text for w, text in lines if w == which) + "\n")
+    builder = tfds_builders.build("wflw", manual_dir=manual, data_dir=tmp_path / "tfds")
+    splits = builder.info.splits
+    assert splits["test"].num_examples == 2
+    assert splits["test_pose"].num_examples == 1 and splits["test_blur"].num_examples == 1
+    assert splits["test_expression"].num_examples == 1
+    assert "test_makeup" not in splits  # no face has the flag: reported, not served empty
+    example = builder.as_data_source(split="test_blur")[0]
+    assert example["landmarks"].shape == (98, 2)
+    assert example["flags"].tolist() == [1, 0, 0, 0, 0, 1]
+
+
+def test_synthetic_faces_builder_generates_disjoint_splits(tmp_path):
+    config = tfds_builders.SyntheticConfig(name="tiny", train=3, validation=2, test=2)
+    builder = tfds_builders.SyntheticFaces(config=config, data_dir=str(tmp_path),
+                                           file_format="array_record")
+    builder.download_and_prepare()
+    train = builder.as_data_source(split="train")
+    validation = builder.as_data_source(split="validation")
+    assert len(train) == 3 and len(validation) == 2
+    names = {train[i]["name"] for i in range(3)} | {validation[i]["name"] for i in range(2)}
+    assert len(names) == 5
+    assert not np.array_equal(train[0]["image"], validation[0]["image"])
