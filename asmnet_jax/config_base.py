@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = 10
     c.max_steps = -1              # > 0: stop after this many steps (tests, quick checks)
     c.optimizer = ml_collections.ConfigDict(dict(
-        name="adam",              # "adam" or "adamw"
+        name="adam",              # "adam", "adamw" or "sgd" (momentum b1)
         learning_rate=2e-3,
         schedule="cosine",        # "cosine" (warm-up then cosine), "constant", "authors_cyclic"
         warmup_epochs=1.0,

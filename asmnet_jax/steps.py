@@ -147,8 +147,10 @@ def compile_eval_step(model, mesh) -> Callable:
 
 
 def replicate(tree, mesh):
-    """Places a pytree on every device of ``mesh`` (replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Places a pytree on every device of ``mesh`` (replicated). Goes through host NumPy arrays,
+    which every process of a multi-host run holds identically."""
+    host = jax.tree_util.tree_map(np.asarray, tree)
+    return jax.device_put(host, NamedSharding(mesh, P()))
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -87,8 +87,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "float64 needs 64-bit JAX (JAX_ENABLE_X64=1)")
     require(config.optimizer.schedule in SCHEDULES, "optimizer.schedule",
             f"{config.optimizer.schedule!r} is not one of {SCHEDULES}")
-    require(config.optimizer.name in ("adam", "adamw"), "optimizer.name",
-            f"{config.optimizer.name!r} is not adam or adamw")
+    require(config.optimizer.name in ("adam", "adamw", "sgd"), "optimizer.name",
+            f"{config.optimizer.name!r} is not adam, adamw or sgd")
     require(config.head_init in ("keras", "mean"), "head_init",
             f"{config.head_init!r} is not keras or mean")
     require(0.0 <= config.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
@@ -205,6 +205,8 @@ def make_optimizer(opt, schedule) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(opt.grad_clip))
     if opt.name == "adamw":
         parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+    elif opt.name == "sgd":
+        parts.append(optax.sgd(schedule, momentum=opt.b1 or None))
     else:
         parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2))
     return optax.chain(*parts)
@@ -374,6 +376,12 @@ def build_model(config, bn_axis_name=None):
     return create_model(config.model, config.num_landmarks, **kwargs)
 
 
+def host_copy(tree):
+    """NumPy copy of a replicated pytree, read from this process's first device (works when the
+    arrays span several processes, where ``jax.device_get`` cannot)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
@@ -461,7 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             step += 1
             window_steps += 1
             # Two scalars per step: the divergence check (finite gradients keep params finite).
-            loss, grad_norm = (float(v) for v in jax.device_get(
+            loss, grad_norm = (float(v) for v in host_copy(
                 (metrics["total"], metrics["grad_norm"])))
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise TrainingDiverged(
@@ -472,7 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             end_of_epoch = step % steps_per_epoch == 0
             if step % config.log_every_steps == 0 or end_of_epoch or step == last_step:
                 elapsed = time.perf_counter() - window_start
-                values = {key: float(value) for key, value in jax.device_get(metrics).items()}
+                values = {key: float(value) for key, value in host_copy(metrics).items()}
                 values["learning_rate"] = float(schedule(step - 1))
                 values["img_per_s"] = window_steps * config.batch_size / max(elapsed, 1e-9)
                 logger.scalars(step, values, "train")
@@ -500,7 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                     logger.write(f"step {step} epoch {epoch}: val NME {val_nme:.3f}% "
                                  f"(best {best_nme:.3f}%), FR {val_summary['fr']:.1f}%")
                 if save_now:
-                    checkpoints.save(jax.device_get(state),
+                    checkpoints.save(host_copy(state),
                                      {"step": step, "epoch": epoch, "best_val_nme": best_nme},
                                      val_nme)
     finally:
