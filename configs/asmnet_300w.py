@@ -7,18 +7,8 @@ The authors' recipe:   --config.optimizer.schedule=authors_cyclic --config.optim
                        --config.batch_size=70 --config.num_epochs=150
 """
 
-from asmnet_jax.config_base import base_config
+from asmnet_jax.config_base import dataset_config
 
 
 def get_config():
-    c = base_config()
-    c.dataset = "w300"
-    c.num_landmarks = 68
-    c.input_size = 224
-    c.batch_size = 64
-    c.num_epochs = 150
-    c.asm_variance = 0.95         # the paper's experiments used 95 %
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_epochs = 2.0
-    c.num_workers = 4
-    return c
+    return dataset_config("w300", "asmnet")

@@ -199,3 +199,19 @@ def test_the_default_config_learns(tmp_path):
     c.progress_bar = False
     summary = train.train_and_evaluate(c, str(tmp_path))
     assert summary["val_nme"] < 0.5 * summary["val_nme_mean_shape"]
+
+
+@pytest.mark.parametrize("name", ["default", "asmnet_300w", "asmnet_wflw", "mnv2_300w",
+                                  "mnv2_wflw"])
+def test_every_config_file_is_valid(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    train.check_config(config)
+    assert config.model == ("mnv2" if name.startswith("mnv2") else "asmnet")
+    assert config.asm_loss == (not name.startswith("mnv2"))
