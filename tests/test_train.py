@@ -215,3 +215,20 @@ def test_every_config_file_is_valid(name):
     train.check_config(config)
     assert config.model == ("mnv2" if name.startswith("mnv2") else "asmnet")
     assert config.asm_loss == (not name.startswith("mnv2"))
+
+
+def test_learning_rate_schedules():
+    opt = base_config().optimizer
+    opt.schedule = "authors_cyclic"
+    opt.learning_rate, opt.cyclic_min_lr, opt.cyclic_half_cycle_epochs = 1e-2, 1e-7, 10.0
+    opt.time_decay = 1e-5
+    lr = train.learning_rate_schedule(opt, steps_per_epoch=5, total_steps=500)
+    # Triangular between 1e-7 and 1e-2 with a half cycle of 50 steps, then Keras time decay.
+    assert float(lr(0)) == pytest.approx(1e-7)
+    assert float(lr(25)) == pytest.approx((1e-7 + 0.5 * (1e-2 - 1e-7)) / (1 + 1e-5 * 25), rel=1e-5)
+    assert float(lr(50)) == pytest.approx(1e-2 / (1 + 1e-5 * 50), rel=1e-5)
+    assert float(lr(100)) == pytest.approx(1e-7 / (1 + 1e-5 * 100), rel=1e-4)
+    opt.schedule, opt.warmup_epochs = "cosine", 2.0
+    lr = train.learning_rate_schedule(opt, steps_per_epoch=5, total_steps=500)
+    assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-2)
+    assert float(lr(500)) == pytest.approx(0.0, abs=1e-9)
