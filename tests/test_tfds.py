@@ -123,3 +123,14 @@ def test_synthetic_faces_builder_generates_disjoint_splits(tmp_path):
     names = {train[i]["name"] for i in range(3)} | {validation[i]["name"] for i in range(2)}
     assert len(names) == 5
     assert not np.array_equal(train[0]["image"], validation[0]["image"])
+
+
+def test_a_bad_record_stops_the_build_instead_of_dropping_its_split(tmp_path):
+    """Only a split with nothing to read is left out; a malformed line is an error with its line."""
+    manual = tmp_path / "wflw"
+    lists = manual / "WFLW_annotations" / "list_98pt_rect_attr_train_test"
+    lists.mkdir(parents=True)
+    (manual / "WFLW_images").mkdir()
+    (lists / "list_98pt_rect_attr_test.txt").write_text("1.0 2.0 3.0 0--Event/img.jpg\n")
+    with pytest.raises(DataError, match=r"list_98pt_rect_attr_test.txt:1: .*tokens"):
+        tfds_builders.build("wflw", manual_dir=manual, data_dir=tmp_path / "tfds")

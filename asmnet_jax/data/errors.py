@@ -21,6 +21,11 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+class MissingSplit(DataError):
+    """A split with nothing to read: its folders or list file are absent, or no face belongs to
+    it. Dataset builders skip such splits (and say so); every other DataError stops them."""
+
+
 @dataclasses.dataclass
 class SkipLog:
     """Records the bad records a reader skipped when the user asked it to skip them.

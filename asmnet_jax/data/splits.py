@@ -15,7 +15,7 @@ from typing import Callable, Hashable, List, Optional, Sequence, Tuple, TypeVar
 import cv2
 import numpy as np
 
-from asmnet_jax.data.errors import DataError, SkipLog
+from asmnet_jax.data.errors import DataError, MissingSplit, SkipLog
 
 T = TypeVar("T")
 
@@ -130,8 +130,10 @@ def load_image(path) -> np.ndarray:
 
 
 def require_records(records: List, skipped: SkipLog, where, what: str) -> None:
-    """Raises :class:`DataError` at ``where`` when a read produced no record (never served empty)."""
+    """Raises at ``where`` when a read produced no record (never served empty): :class:`DataError`
+    when every record was bad and skipped, :class:`MissingSplit` when there was none."""
     if records:
         return
-    detail = f"; {skipped.summary()}" if skipped.count else ""
-    raise DataError(where, f"{what} has no faces{detail}")
+    if skipped.count:
+        raise DataError(where, f"{what} has no faces left: {skipped.summary()}")
+    raise MissingSplit(where, f"{what} has no faces")

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from asmnet_jax.data import crop, examples, pose as pose_lib, splits, w300, wflw
-from asmnet_jax.data.errors import DataError
+from asmnet_jax.data.errors import DataError, MissingSplit
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,26 @@ def _encode(face, num_landmarks, csv_poses, face_box=None, flags=None) -> Dict:
     return example
 
 
+def _split_generators(builder, read, root, reads: Dict[str, str], dataset: str):
+    """{TFDS split: generator} for every split ``read`` finds under ``root``. A split with nothing
+    to read (:class:`MissingSplit`) is left out with a warning; any other bad input stops the
+    build with its file and line."""
+    cfg = builder.builder_config
+    csv_poses = _poses_from_csv(root)
+    out = {}
+    for split, name in reads.items():
+        try:
+            result = read(root, name, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                          check_images=True)
+        except MissingSplit as err:
+            log.warning("%s split %s not built: %s", dataset, split, err)
+            continue
+        out[split] = builder._generate_examples(result.records, csv_poses)
+    if not out:
+        raise DataError(root, f"no {dataset} split could be read")
+    return out
+
+
 class W300(tfds.core.GeneratorBasedBuilder):
     """300W (68 points) from the official folders: train, validation, common, challenging, full."""
 
@@ -97,26 +117,11 @@ class W300(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
         cfg = self.builder_config
-        csv_poses = _poses_from_csv(root)
-        out = {}
-        reads = {"train": ("train", cfg.val_fraction), "validation": ("val", cfg.val_fraction),
-                 "common": ("common", 0.0), "challenging": ("challenging", 0.0),
-                 "full": ("full", 0.0)}
-        for split, (name, fraction) in reads.items():
-            if name == "val" and fraction <= 0:
-                continue
-            try:
-                result = w300.read_300w(root, name, val_fraction=fraction, seed=cfg.seed,
-                                        check_images=True)
-            except DataError as err:
-                if "missing" in str(err) or "no faces" in str(err):
-                    log.warning("300W split %s not built: %s", split, err)
-                    continue
-                raise
-            out[split] = self._generate_examples(result.records, csv_poses)
-        if not out:
-            raise DataError(root, "no 300W split could be read")
-        return out
+        reads = {"train": "train", "common": "common", "challenging": "challenging",
+                 "full": "full"}
+        if cfg.val_fraction > 0:
+            reads["validation"] = "val"
+        return _split_generators(self, w300.read_300w, root, reads, "300W")
 
     def _generate_examples(self, records, csv_poses) -> Iterator[Tuple[str, Dict]]:
         for face in records:
@@ -141,24 +146,12 @@ class Wflw(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
         cfg = self.builder_config
-        csv_poses = _poses_from_csv(root)
-        splits_to_read = {"train": "train", "test": "test"}
+        reads = {"train": "train", "test": "test"}
         if cfg.val_fraction > 0:
-            splits_to_read["validation"] = "val"
+            reads["validation"] = "val"
         for attribute in wflw.ATTRIBUTES:
-            splits_to_read[f"test_{attribute}"] = f"test_{attribute}"
-        out = {}
-        for split, name in splits_to_read.items():
-            try:
-                result = wflw.read_wflw(root, name, val_fraction=cfg.val_fraction,
-                                        seed=cfg.seed, check_images=True)
-            except DataError as err:
-                log.warning("WFLW split %s not built: %s", split, err)
-                continue
-            out[split] = self._generate_examples(result.records, csv_poses)
-        if not out:
-            raise DataError(root, "no WFLW split could be read")
-        return out
+            reads[f"test_{attribute}"] = f"test_{attribute}"
+        return _split_generators(self, wflw.read_wflw, root, reads, "WFLW")
 
     def _generate_examples(self, records, csv_poses) -> Iterator[Tuple[str, Dict]]:
         use_detection = self.builder_config.box == "detection"

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from asmnet_jax.data.errors import DataError, SkipLog
+from asmnet_jax.data.errors import DataError, MissingSplit, SkipLog
 from asmnet_jax.data.splits import (IMAGE_EXTENSIONS, ReadResult, carve_validation,
                                     image_file_problem, load_image, require_records)
 
@@ -191,7 +191,7 @@ def read_300w(root, split: str = "train", *, val_fraction: float = 0.0, seed: in
     missing = tuple(s for s in folders if not os.path.isdir(os.path.join(root, *s.split("/"))))
     if len(missing) == len(folders):
         where = "" if os.path.isdir(root) else " (the root does not exist)"
-        raise DataError(root, f"300W split {split!r} has none of its folders here{where}: "
+        raise MissingSplit(root, f"300W split {split!r} has none of its folders here{where}: "
                               f"missing {', '.join(missing)}")
     if missing:
         log.warning("300W split %r under %s: folder(s) %s missing; reading %s", split, root,

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from asmnet_jax.data.errors import DataError, SkipLog
+from asmnet_jax.data.errors import DataError, MissingSplit, SkipLog
 from asmnet_jax.data.splits import (ReadResult, carve_validation, image_file_problem, load_image,
                                     require_records)
 
@@ -135,7 +135,7 @@ def read_wflw(root, split: str = "train", *, val_fraction: float = 0.0, seed: in
     path = list_path(root, which)
     if not os.path.isfile(path):
         where = "" if os.path.isdir(root) else " (the root does not exist)"
-        raise DataError(path, f"WFLW annotation list for {split!r} not found{where}")
+        raise MissingSplit(path, f"WFLW annotation list for {split!r} not found{where}")
     try:
         with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
