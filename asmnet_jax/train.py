@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
 
 from asmnet_jax import landmarks as lm
+from asmnet_jax import metrics
 from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config
@@ -275,8 +276,6 @@ def evaluate(predict, variables, source, config, mesh, process_index=0, process_
     """Validation metrics: inter-ocular NME (%) and pose MAE (degrees) over ``source``."""
     from jax.experimental import multihost_utils
 
-    from asmnet_jax import metrics
-
     pcfg = pipeline_config(config)
     dataset = pipeline.eval_dataset(source, pcfg, process_index, process_count)
     local = config.batch_size // process_count
@@ -411,8 +410,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     shape_model = None
     shapes, poses = training_labels(train_source, config)
     # The mean training shape's validation NME: the bar a model that learned nothing would reach.
-    from asmnet_jax import metrics
-
     val_shapes, _ = training_labels(val_source, config)
     mean_shape_nme = 100 * float(np.mean(metrics.per_face_nme(
         np.broadcast_to(shapes.mean(axis=0), val_shapes.shape), val_shapes)))
@@ -465,22 +462,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     try:
         while step < last_step:
             batch = pipeline.device_batch(next(train_batches), sharding)
-            state, metrics = train_step(state, batch, shape_model)
+            state, step_metrics = train_step(state, batch, shape_model)
             step += 1
             window_steps += 1
-            # Two scalars per step: the divergence check (finite gradients keep params finite).
-            loss, grad_norm = (float(v) for v in host_copy(
-                (metrics["total"], metrics["grad_norm"])))
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise TrainingDiverged(
-                    f"the loss became {loss} (gradient norm {grad_norm}) at step {step} (epoch {(step - 1) // steps_per_epoch}"
-                    f"); stopping. The last good checkpoint in {checkpoints.manager.directory} is "
-                    "untouched: lower config.optimizer.learning_rate or set "
-                    "config.optimizer.grad_clip and resume.")
             end_of_epoch = step % steps_per_epoch == 0
             if step % config.log_every_steps == 0 or end_of_epoch or step == last_step:
+                # Metrics reach the host only here, so steps between logs stay asynchronous.
+                # Every evaluation and save happens on such a step, after this check; a
+                # non-finite loss or gradient leaves NaN parameters behind, so it is never missed.
                 elapsed = time.perf_counter() - window_start
-                values = {key: float(value) for key, value in host_copy(metrics).items()}
+                values = {key: float(value) for key, value in host_copy(step_metrics).items()}
+                if not (math.isfinite(values["total"]) and math.isfinite(values["grad_norm"])):
+                    raise TrainingDiverged(
+                        f"the loss became {values['total']} (gradient norm {values['grad_norm']};"
+                        f" found at step {step}, epoch {(step - 1) // steps_per_epoch}, checking "
+                        f"every {config.log_every_steps} steps); stopping. The last good "
+                        f"checkpoint in {checkpoints.manager.directory} is untouched: lower "
+                        "config.optimizer.learning_rate or set config.optimizer.grad_clip and "
+                        "resume.")
                 values["learning_rate"] = float(schedule(step - 1))
                 values["img_per_s"] = window_steps * config.batch_size / max(elapsed, 1e-9)
                 logger.scalars(step, values, "train")
