@@ -508,7 +508,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                                  f"(best {best_nme:.3f}%), FR {val_summary['fr']:.1f}%")
                 if save_now:
                     checkpoints.save(host_copy(state),
-                                     {"step": step, "epoch": epoch, "best_val_nme": best_nme},
+                                     {"step": step, "epoch": epoch, "val_nme": val_nme,
+                                     "best_val_nme": best_nme},
                                      val_nme)
     finally:
         logger.close()
