@@ -230,7 +230,10 @@ class Checkpoints:
             ocp_preservation.BestN(get_metric_fn=lambda m: m["val_nme"], reverse=True, n=1,
                                    keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes orbax write each checkpoint's metrics to disk; without it BestN forgets
+        # them on restart and deletes the best checkpoint of the earlier session.
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                               best_fn=lambda m: m["val_nme"], best_mode="min",
                                                enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                              item_names=("state", "meta"))

@@ -232,3 +232,19 @@ def test_learning_rate_schedules():
     lr = train.learning_rate_schedule(opt, steps_per_epoch=5, total_steps=500)
     assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(1e-2)
     assert float(lr(500)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_best_checkpoint_survives_a_restart(tmp_path):
+    """BestN must know the metrics of checkpoints saved before a restart, or it deletes the best."""
+    state = {"w": np.ones(3, np.float32)}
+    directory = str(tmp_path / "checkpoints")
+    ckpt = train.Checkpoints(directory, keep=2)
+    for step, nme in ((1, 5.0), (2, 1.0), (3, 4.0)):
+        ckpt.save(state, {"step": step, "val_nme": nme}, nme)
+    ckpt.close()
+    ckpt = train.Checkpoints(directory, keep=2)   # a resumed run
+    for step, nme in ((4, 3.0), (5, 3.5)):
+        ckpt.save(state, {"step": step, "val_nme": nme}, nme)
+    assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
+    assert ckpt.manager.best_step() == 2
+    ckpt.close()
