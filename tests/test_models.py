@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +131,37 @@ def test_bad_inputs_are_rejected():
         create_model("resnet")
     with pytest.raises(ValueError, match="num_landmarks"):
         create_model("asmnet", 21)
+
+
+def _relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("shape,features", [((2, 8, 8, 16), 24), ((3, 5, 7, 9), 4)])
+def test_pointwise_conv_equals_flax_conv_params_values_and_gradients(shape, features):
+    from asmnet_jax.models import PointwiseConv, glorot_uniform
+    reference = nn.Conv(features, (1, 1), padding="SAME", use_bias=False,
+                        kernel_init=glorot_uniform)
+    pointwise = PointwiseConv(features)
+    kx, kg = jax.random.split(jax.random.key(4))
+    x = jax.random.normal(kx, shape)
+    params_ref = reference.init(jax.random.key(0), x)
+    params = pointwise.init(jax.random.key(0), x)
+    # Same tree, shapes and initial values: checkpoints and the Keras importer are unaffected.
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_ref)
+    np.testing.assert_array_equal(params["params"]["kernel"], params_ref["params"]["kernel"])
+
+    y_ref, y = reference.apply(params_ref, x), pointwise.apply(params, x)
+    assert y.shape == y_ref.shape == shape[:-1] + (features,)
+    assert _relative_error(y, y_ref) <= 1e-5
+    cotangent = jax.random.normal(kg, y_ref.shape)
+
+    def grads(module):
+        return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent),
+                        argnums=(0, 1))(params, x)
+
+    for g, g_ref in zip(jax.tree_util.tree_leaves(grads(pointwise)),
+                        jax.tree_util.tree_leaves(grads(reference))):
+        assert g.shape == g_ref.shape
+        assert _relative_error(g, g_ref) <= 1e-5
