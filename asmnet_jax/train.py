@@ -276,41 +276,18 @@ class Checkpoints:
 
 
 def evaluate(predict, variables, source, config, mesh, process_index=0, process_count=1):
-    """Validation metrics: inter-ocular NME (%) and pose MAE (degrees) over ``source``."""
-    from jax.experimental import multihost_utils
+    """Validation metrics: inter-ocular NME (%) and pose MAE (degrees) over ``source``.
 
-    pcfg = pipeline_config(config)
-    dataset = pipeline.eval_dataset(source, pcfg, process_index, process_count)
-    local = config.batch_size // process_count
-    num_batches = math.ceil(len(source) / config.batch_size)
-    sharding = steps_lib.batch_sharding(mesh)
-    preds, gts, poses, pose_gts, masks = [], [], [], [], []
-    for k in range(num_batches):
-        if k < len(dataset):
-            batch = dataset[k]
-        else:  # this process has run out of records: a fully masked copy keeps lock-step
-            batch = dict(dataset[len(dataset) - 1])
-            batch["mask"] = np.zeros(local, np.float32)
-        out = predict(variables, pipeline.device_batch(batch, sharding))
-        gathered = multihost_utils.process_allgather(
-            {"landmarks": out["landmarks"], "pose": out["pose"]}, tiled=True) \
-            if process_count > 1 else jax.device_get(out)
-        host = {key: np.asarray(batch[key]) for key in ("landmarks", "pose", "mask")}
-        if process_count > 1:
-            host = multihost_utils.process_allgather(host, tiled=True)
-        preds.append(gathered["landmarks"])
-        poses.append(gathered["pose"])
-        gts.append(host["landmarks"])
-        pose_gts.append(host["pose"])
-        masks.append(host["mask"])
-    mask = np.concatenate(masks) > 0
-    pred = np.concatenate(preds)[mask]
-    gt = np.concatenate(gts)[mask]
-    nme = metrics.per_face_nme(pred, gt, "inter_ocular", config.num_landmarks)
-    summary = metrics.summarize(
-        nme, pose_pred=lm.model_pose_to_degrees(np.concatenate(poses)[mask]),
-        pose_gt=lm.model_pose_to_degrees(np.concatenate(pose_gts)[mask]))
-    return summary
+    The prediction loop is :func:`asmnet_jax.evaluate.predict_faces`, the one ``asmnet-eval``
+    runs; returns :func:`asmnet_jax.metrics.summarize` of its faces.
+    """
+    from asmnet_jax import evaluate as evaluation  # imported here: it imports this module lazily
+
+    faces = evaluation.predict_faces(predict, variables, source, pipeline_config(config), mesh,
+                                     process_index, process_count)
+    nme = metrics.per_face_nme(faces.landmarks, faces.gt_landmarks, "inter_ocular",
+                               config.num_landmarks)
+    return metrics.summarize(nme, pose_pred=faces.pose_deg, pose_gt=faces.gt_pose_deg)
 
 
 # ----------------------------------------------------------------------------------------------

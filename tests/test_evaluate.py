@@ -1,0 +1,268 @@
+"""asmnet-eval: a tiny synthetic run evaluated end to end, numbers recomputed independently, the
+paper-style table layouts, and the errors for bad input.
+
+One run (32 x 32 input, 2 steps of batch 8) is trained once for the module.
+"""
+
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from asmnet_jax import evaluate, inference, metrics, train
+from asmnet_jax.data import examples, pipeline
+from test_train import tiny_config
+
+# The run of tests/test_train.py stopped after 2 steps: the same compiled init, train and eval
+# steps, so the session's persistent XLA cache (conftest) compiles them once for both files.
+CONFIG = tiny_config(max_steps=2)
+SIZE = CONFIG.input_size
+VALIDATION = CONFIG.synthetic.validation  # 12: batches of 8, the last one padded
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    summary = train.train_and_evaluate(CONFIG, workdir)
+    return workdir, summary
+
+
+@pytest.fixture(scope="module")
+def evaluated(run):
+    """``asmnet-eval --workdir RUN --batch-size 8``: otherwise the defaults."""
+    workdir, _ = run
+    code, stdout, stderr = _main(["--workdir", workdir, "--batch-size", "8"])
+    assert code == 0, stderr
+    return os.path.join(workdir, "eval", "2"), stdout
+
+
+def _main(argv):
+    """Runs ``evaluate.main(argv)`` and returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = evaluate.main(argv)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def test_json_is_the_last_line_and_matches_the_file(evaluated):
+    out, stdout = evaluated
+    printed = json.loads(stdout.strip().splitlines()[-1])
+    with open(os.path.join(out, "results.json")) as f:
+        stored = json.load(f)
+    assert printed == stored
+    for key in ("nme", "fr", "auc", "pose_mae", "count", "splits"):
+        assert key in printed
+    assert printed["split"] == "validation" and printed["count"] == VALIDATION
+    assert set(printed["pose_mae"]) == {"yaw", "pitch", "roll", "mean"}
+    assert list(printed["splits"]) == ["validation"]
+    assert printed["model"]["step"] == 2
+    assert sorted(os.listdir(out)) == sorted(evaluate.OUTPUT_FILES.values())  # WORKDIR/eval/2
+
+
+def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
+    workdir, summary = run
+    out, _ = evaluated
+    with open(os.path.join(out, "results.json")) as f:
+        result = json.load(f)
+    saved = np.load(os.path.join(out, "per_face.npz"))
+    assert int(saved["input_size"]) == SIZE
+    # Predict the same crops again through inference.make_predictor (not the evaluation loop).
+    loaded = inference.load(workdir)
+    source = evaluate.SyntheticSplit("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
+    batch = pipeline.eval_dataset(source, pipeline.PipelineConfig(
+        batch_size=VALIDATION, input_size=SIZE, margin=CONFIG.margin))[0]
+    landmarks, pose = inference.make_predictor(loaded)(batch["image"])
+    pred_px = (landmarks.reshape(VALIDATION, 68, 2) + 0.5) * SIZE - 0.5
+    gt_px = (batch["landmarks"].reshape(VALIDATION, 68, 2) + 0.5) * SIZE - 0.5
+    np.testing.assert_allclose(saved["validation/pred"], pred_px, atol=2e-3)
+    np.testing.assert_allclose(saved["validation/gt"], gt_px, atol=1e-4)
+    assert list(saved["validation/names"]) == list(batch["name"])
+    np.testing.assert_array_equal(saved["validation/index"], np.arange(VALIDATION))
+
+    nme = metrics.per_face_nme(pred_px, gt_px)
+    headline = result["splits"]["validation"]
+    assert result["nme"] == headline["nme"]
+    assert headline["nme"] == pytest.approx(100 * nme.mean(), rel=1e-4)
+    assert headline["fr"] == pytest.approx(100 * np.mean(nme > 0.1))
+    assert headline["auc"] == pytest.approx(np.mean(np.clip(1 - nme / 0.1, 0, 1)), abs=1e-5)
+    np.testing.assert_allclose(saved["validation/nme_inter_ocular"], nme, rtol=1e-4)
+    pose_deg = np.rad2deg(pose)
+    gt_deg = np.rad2deg(batch["pose"])
+    assert headline["pose_mae"]["yaw"] == pytest.approx(
+        np.mean(np.abs(pose_deg[:, 0] - gt_deg[:, 0])), abs=1e-3)
+    # Training's per-epoch validation runs the same loop: the same NME for the same checkpoint.
+    assert summary["val_nme"] == pytest.approx(result["nme"], rel=1e-4)
+
+    with open(os.path.join(out, "per_face.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == VALIDATION
+    assert rows[3]["name"] == "synthetic/validation/3"
+    assert float(rows[3]["nme_inter_ocular_pct"]) == pytest.approx(100 * nme[3], abs=1e-3)
+
+
+def test_report_and_figures(evaluated):
+    out, stdout = evaluated
+    with open(os.path.join(out, "report.md")) as f:
+        report = f.read()
+    assert "| model | validation |" in report
+    assert "| asmnet (step 2) |" in report
+    assert "## Pose MAE (degrees)" in report and "| split | yaw | pitch | roll | mean |" in report
+    assert report in stdout
+    ced = cv2.imread(os.path.join(out, "ced.png"))
+    assert ced.shape == (int(evaluate.CED_FIGSIZE[1] * evaluate.CED_DPI),
+                         int(evaluate.CED_FIGSIZE[0] * evaluate.CED_DPI), 3)
+    grid = cv2.imread(os.path.join(out, "predictions.png"))
+    tile = evaluate.grid_tile_size(SIZE) + evaluate.GRID_PAD
+    assert tile == 130  # 32 px faces enlarged to 128
+    # 12 faces in ceil(sqrt(12)) = 4 columns
+    assert grid.shape == (3 * tile + evaluate.GRID_PAD, 4 * tile + evaluate.GRID_PAD, 3)
+    # Both colours are drawn (OpenCV reads BGR).
+    pixels = grid.reshape(-1, 3).astype(int)
+    assert np.any((pixels[:, 1] > 150) & (pixels[:, 2] < 60) & (pixels[:, 0] < 60))
+    assert np.any((pixels[:, 2] > 200) & (pixels[:, 1] < 80) & (pixels[:, 0] < 80))
+
+
+def test_several_splits_the_box_normaliser_and_options(run, tmp_path):
+    workdir, _ = run
+    code, stdout, stderr = _main(["--workdir", workdir, "--which", "latest",
+                                  "--split", "validation,test",
+                                  "--normaliser", "box", "--threshold", "0.2", "--grid", "3",
+                                  "--batch-size", "8", "--out", str(tmp_path)])
+    assert code == 0, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert list(result["splits"]) == ["validation", "test"]
+    assert result["split"] == "test" and result["normaliser"] == "box"  # test heads
+    assert result["threshold"] == 0.2
+    saved = np.load(tmp_path / "per_face.npz")
+    nme = metrics.per_face_nme(saved["test/pred"], saved["test/gt"], "box")
+    assert result["splits"]["test"]["nme"] == pytest.approx(100 * nme.mean(), rel=1e-5)
+    assert result["splits"]["test"]["fr"] == pytest.approx(100 * metrics.failure_rate(nme, 0.2))
+    with open(tmp_path / "report.md") as f:
+        assert "| model | validation | test |" in f.read()
+    grid = cv2.imread(str(tmp_path / "predictions.png"))
+    assert grid.shape[:2] == (2 * 130 + 2, 2 * 130 + 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _error(argv):
+    code, stdout, stderr = _main(argv)
+    assert code == 1, stdout
+    assert stderr.startswith("asmnet-eval: error: ") and "Traceback" not in stderr
+    return stderr
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    assert missing in _error(["--checkpoint", missing])
+
+
+def test_missing_step_lists_the_steps(run):
+    message = _error(["--workdir", run[0], "--step", "7"])
+    assert "step 7" in message and "[2]" in message
+
+
+def test_unknown_split_lists_the_available_ones(run):
+    message = _error(["--workdir", run[0], "--split", "validation", "commn"])
+    assert "'commn'" in message and "test, train, validation" in message
+
+
+def test_a_landmark_count_mismatch_names_the_split(run, monkeypatch):
+    face98 = examples.synthetic_example(5, 0, 48, 98)
+
+    class Source:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return face98
+
+    monkeypatch.setattr(evaluate, "open_source", lambda *args, **kwargs: Source())
+    message = _error(["--checkpoint", os.path.join(run[0], "checkpoints", "2")])
+    assert "68 points" in message and "98 points" in message and "'validation'" in message
+
+
+def test_a_model_directory_needs_a_dataset(run, tmp_path):
+    from asmnet_jax import checkpoints
+
+    loaded = inference.load(run[0])
+    model_dir = checkpoints.save_model(tmp_path / "model", "asmnet", 68, loaded.variables,
+                                       extra={"input_size": SIZE})
+    message = _error(["--checkpoint", model_dir])
+    assert model_dir in message and "--dataset" in message
+
+
+def test_bad_options_are_errors(run):
+    assert "--batch-size" in _error(["--workdir", run[0], "--batch-size", "0"])
+    assert "--threshold" in _error(["--workdir", run[0], "--threshold", "-1"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables without a dataset
+
+
+def test_300w_table_has_common_challenging_and_the_face_weighted_full_set():
+    errors = {"common": {"inter_ocular": np.array([0.02, 0.04, 0.03])},
+              "challenging": {"inter_ocular": np.array([0.08, 0.12])}}
+    poses = {"common": (np.zeros((3, 3)), np.ones((3, 3))),
+             "challenging": (np.zeros((2, 3)), np.full((2, 3), 3.0))}
+    results = evaluate.summarize_splits(errors, 0.1, poses)
+    assert list(results) == ["common", "challenging", "full"]
+    full = results["full"]
+    assert full["count"] == 5
+    assert full["nme"] == pytest.approx(100 * 0.29 / 5)  # not the mean of the subset means
+    assert full["fr"] == pytest.approx(20.0)
+    assert full["pose_mae"]["yaw"] == pytest.approx((3 * 1 + 2 * 3) / 5)
+    report = evaluate.markdown_report(results, "w300", "asmnet")
+    lines = report.splitlines()
+    header = lines.index("## NME (%), inter-ocular normaliser")
+    assert lines[header + 2] == "| model | common | challenging | full |"
+    assert lines[header + 4] == "| asmnet | 3.00 | 10.00 | 5.80 |"
+    fr = lines.index("## Failure rate (%, NME > 0.1), inter-ocular normaliser")
+    assert lines[fr + 4] == "| asmnet | 0.00 | 50.00 | 20.00 |"
+    assert "| common | 1.00 | 1.00 | 1.00 | 1.00 |" in report
+    # Only one subset evaluated: the paper's columns stay, the others show '-'.
+    only = evaluate.markdown_report(evaluate.summarize_splits(
+        {"challenging": errors["challenging"]}), "w300", "m")
+    assert "| m | - | 10.00 | - |" in only
+
+
+def test_wflw_table_has_the_attribute_columns_and_both_normalisers():
+    rng = np.random.default_rng(0)
+    splits = ["test", "test_pose", "test_makeup", "test_blur"]
+    errors = {s: {"inter_ocular": rng.uniform(0, 0.2, 10), "inter_pupil": rng.uniform(0, 0.3, 10)}
+              for s in splits}
+    results = evaluate.summarize_splits(errors)
+    assert results["test"]["by_normaliser"]["inter_pupil"]["nme"] == pytest.approx(
+        100 * errors["test"]["inter_pupil"].mean())
+    report = evaluate.markdown_report(results, "wflw", "asmnet")
+    header = ("| model | test | pose | expression | illumination | make-up | occlusion | blur |")
+    assert report.count(header) == 7  # NME, FR, AUC for two normalisers, and the counts
+    assert "## NME (%), inter-pupil normaliser" in report
+    assert "| asmnet | 10 | 10 | - | - | 10 | - | 10 |" in report
+
+
+def test_split_resolution():
+    available = ["train", "validation", "common", "challenging", "full"]
+    assert evaluate.resolve_splits(None, "w300", available) == (
+        ["common", "challenging", "full"], ["common", "challenging"])
+    assert evaluate.resolve_splits(["challenging,common", "full"], "w300", available) == (
+        ["challenging", "common", "full"], ["challenging", "common"])
+    assert evaluate.resolve_splits(["full"], "w300", available) == (["full"], ["full"])
+    wflw = ["train", "test", "test_pose", "test_blur"]
+    assert evaluate.resolve_splits(None, "wflw", wflw)[1] == ["test", "test_pose", "test_blur"]
+    with pytest.raises(evaluate.EvalError, match="has no split 'full'"):
+        evaluate.resolve_splits(["common", "full"], "w300", ["common", "challenging"])
+
+
+def test_names_survive_the_trip_between_processes():
+    names = ["WFLW_images/51--Dancing/51_Dancing_Dancing_51_x.jpg#0", "héllo", ""]
+    assert evaluate._decode_names(evaluate._encode_names(names)) == names
