@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from asmnet_jax.depthwise import (depthwise_conv3x3, depthwise_conv3x3_shift,
-                                  depthwise_conv3x3_xla)
+                                  depthwise_conv3x3_shift_autodiff, depthwise_conv3x3_xla)
 
 
 def _relative_error(a, b):
@@ -31,6 +31,36 @@ def test_shift_add_equals_grouped_conv_values_and_gradients(strides, shape):
     for g, g_ref in zip(grads(depthwise_conv3x3_shift), grads(depthwise_conv3x3_xla)):
         assert g.shape == g_ref.shape
         assert _relative_error(g, g_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 6, 9, 4), (1, 7, 5, 3)])
+def test_custom_gradient_equals_autodiff_of_the_shift_add(strides, shape):
+    """The hand-written VJP against JAX's autodiff of the same nine multiply-adds (odd, even and
+    mixed sizes, so every SAME padding case of the transposed convolution is covered)."""
+    kx, kw, kg = jax.random.split(jax.random.key(10 + strides), 3)
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (3, 3, 1, shape[-1]))
+    y, vjp = jax.vjp(lambda x, w: depthwise_conv3x3_shift(x, w, strides), x, w)
+    y_ref, vjp_ref = jax.vjp(lambda x, w: depthwise_conv3x3_shift_autodiff(x, w, strides), x, w)
+    np.testing.assert_array_equal(y, y_ref)
+    cotangent = jax.random.normal(kg, y.shape)
+    for g, g_ref in zip(vjp(cotangent), vjp_ref(cotangent)):
+        assert g.shape == g_ref.shape and g.dtype == g_ref.dtype
+        assert _relative_error(g, g_ref) <= 1e-5
+
+
+def test_custom_gradient_keeps_bfloat16_dtypes():
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4), jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4), jnp.bfloat16)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(depthwise_conv3x3_shift(x, w, 2).astype(jnp.float32)),
+                      argnums=(0, 1))(x, w)
+    assert dx.dtype == dw.dtype == jnp.bfloat16
+    dx_ref, dw_ref = jax.grad(
+        lambda x, w: jnp.sum(depthwise_conv3x3_xla(x.astype(jnp.float32), w.astype(jnp.float32), 2)),
+        argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(np.asarray(dx, np.float32), dx_ref, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dw, np.float32), dw_ref, rtol=2e-2, atol=2e-2)
 
 
 def test_shift_add_matches_a_direct_loop():
