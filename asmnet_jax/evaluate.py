@@ -1,6 +1,6 @@
 """``asmnet-eval``: a trained model's NME, failure rate, AUC, CED and pose MAE on dataset splits.
 
-    asmnet-eval --workdir runs/asmnet_300w                  # best checkpoint; common, challenging, full
+    asmnet-eval --workdir runs/asmnet_300w        # best checkpoint; common, challenging, full
     asmnet-eval --workdir runs/x --which latest --split validation test
     asmnet-eval --checkpoint runs/x/checkpoints/3000 --split common,challenging
     asmnet-eval --checkpoint models/authors_wflw --dataset wflw --data-dir ~/tensorflow_datasets

@@ -77,7 +77,13 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
     source = evaluate.SyntheticSplit("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
     batch = pipeline.eval_dataset(source, pipeline.PipelineConfig(
         batch_size=VALIDATION, input_size=SIZE, margin=CONFIG.margin))[0]
-    landmarks, pose = inference.make_predictor(loaded)(batch["image"])
+    predictor = inference.make_predictor(loaded)
+    # Two batches of 8 (faces 0-7 and 4-11): the batch shape the evaluation compiled.
+    assert VALIDATION == 12
+    (first, first_pose), (last, last_pose) = (predictor(batch["image"][:8]),
+                                              predictor(batch["image"][4:]))
+    landmarks = np.concatenate([first, last[4:]])
+    pose = np.concatenate([first_pose, last_pose[4:]])
     pred_px = (landmarks.reshape(VALIDATION, 68, 2) + 0.5) * SIZE - 0.5
     gt_px = (batch["landmarks"].reshape(VALIDATION, 68, 2) + 0.5) * SIZE - 0.5
     np.testing.assert_allclose(saved["validation/pred"], pred_px, atol=2e-3)
