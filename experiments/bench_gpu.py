@@ -1,0 +1,506 @@
+"""ASMNet training throughput on one GPU: this project's JAX step against PyTorch, float32 and bf16.
+
+Made for ONE call on a lent GPU machine (Python 3.12, jax, flax, optax, PyTorch; no TensorFlow, no
+ml_collections, no network). It imports only ``asmnet_jax.models``, ``steps``, ``losses``, ``asm``
+and ``data.face3d``, none of which imports TensorFlow or ml_collections (the JSON line records
+``forbidden_modules_loaded``, which must stay empty).
+
+What is timed, for each compute dtype (``bfloat16`` first, it is the headline, then ``float32``):
+
+* **JAX**: the real :func:`asmnet_jax.steps.compile_train_step` (jit over shard_map) on a
+  1-device mesh: ASMNet (68 points, dropout, BN with batch statistics) built with
+  ``create_model(..., dtype=...)`` (parameters stay float32; the heads, pooling and loss run in
+  float32), the full ASM-assisted loss (L_mse + alpha L_asm + 0.5 L_pose + head L2 0.01) with a
+  :class:`ShapeModel` fitted to plausible random face shapes, and an Adam update (optax).
+* **PyTorch**: the same network written below (:class:`TorchASMNet`, same layers, channels and
+  parameter count: checked, printed and recorded), the same loss with the same ASM in torch ops,
+  fused Adam, ``channels_last`` memory format, ``torch.autocast(bfloat16)`` for the bf16 run and
+  ``torch.compile`` (default mode; ``--no-compile`` for eager), ``cudnn.benchmark`` on. The heads,
+  pooling and loss run in float32 as in the Flax model. Stride-2 convolutions pad (1, 1) as
+  torchvision does rather than XLA/Keras' (0, 1): same shapes and arithmetic, outputs shifted by a
+  pixel, which does not matter for a speed test.
+* Float32 convolutions and matmuls may use TF32 on both sides (JAX's default precision on GPU;
+  ``torch.set_float32_matmul_precision('high')`` and cudnn's default in PyTorch).
+
+The input batch is uint8 NHWC images (as the input pipeline delivers them), float32 landmarks and
+pose, already on the device; both steps convert the images to [0, 1] inside. Throughput is
+``batch * steps / time`` over ``--repeats`` windows of ``--steps`` back-to-back steps after
+``--warmup`` steps (the first compiles), the median window reported, synchronising only at window
+ends.
+
+Each framework runs in a subprocess of this script (one after the other, never concurrently) so
+that each gets the whole GPU memory (JAX preallocates 75 % by default) and a crash or a
+``torch.compile`` failure in one side still leaves the other's numbers. Children print
+``RESULT {json}`` lines as each number is ready; the parent echoes them, merges them, rewrites
+``$OUT/bench_gpu.json`` (when ``OUT`` is set) after each, and stops a child that would overrun
+``--time-limit`` (default 450 s where an NVIDIA GPU is present, none elsewhere), so a call of
+about 8 minutes always ends with the summary and the JSON line.
+
+    python experiments/bench_gpu.py                  # batch 256, 224 x 224, both dtypes
+    python experiments/bench_gpu.py --batch 4 --size 64 --steps 2 --warmup 1 --no-compile  # CPU
+
+On a lent GPU machine, from the repository root (the project need not be installed), e.g.
+``PYTHONUNBUFFERED=1 python3 experiments/bench_gpu.py 2>&1 | tee $OUT/bench_gpu.log`` with a
+command timeout of 540 s or more. ``--dtypes bfloat16`` halves the time if it is short.
+
+The last output line is JSON with ``train_img_s_{jax,torch}_{float32,bfloat16}``,
+``ratio_jax_over_torch_{float32,bfloat16}``, ``bf16_reaches_target`` (JAX bf16 >= ``--target``,
+10,000 img/s by default), the parameter counts, versions and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# The repository root, so that asmnet_jax imports where the project is not installed (a bare GPU
+# machine that received the working tree); an installed copy is the same code.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DTYPES = ("bfloat16", "float32")
+SIDES = ("jax", "torch")
+RESULT_PREFIX = "RESULT "
+HEAD_L2 = 0.01
+POSE_WEIGHT = 0.5
+ASM_ALPHA = 2.0  # the first third of training
+ASM_VARIANCE = 0.90
+LEARNING_RATE = 1e-3
+GPU_TIME_LIMIT_S = 450.0  # a lent GPU call runs at most ~8 minutes
+FORBIDDEN_MODULES = ("tensorflow", "ml_collections", "tf_keras", "keras")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per window")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows (median reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps (the first compiles)")
+    parser.add_argument("--num-landmarks", type=int, default=68, choices=(68, 98))
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--no-compile", action="store_true", help="PyTorch eager, no torch.compile")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode (default: its default mode)")
+    parser.add_argument("--target", type=float, default=10_000.0,
+                        help="img/s the JAX bf16 step should reach")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds for the whole run, after which a child still running is "
+                             "stopped (default: 450 where an NVIDIA GPU is present, else none; "
+                             "0: none)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: child mode
+    return parser.parse_args(argv)
+
+
+def emit(**values):
+    """A partial result, for the parent (one line of JSON after RESULT_PREFIX)."""
+    print(RESULT_PREFIX + json.dumps(values), flush=True)
+
+
+def say(text):
+    print(text, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: plausible face shapes (the project's 3D template turned, scaled, shifted, jittered)
+
+
+def _rotation(yaw, pitch, roll):
+    cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (math.cos, math.sin))
+    ry = [[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]
+    rx = [[1, 0, 0], [0, cp, -sp], [0, sp, cp]]
+    rz = [[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]]
+    return np.asarray(rz) @ np.asarray(rx) @ np.asarray(ry)
+
+
+def plausible_shapes(rng, count, num_landmarks):
+    """(count, 2n) landmark vectors in model coordinates (crop in [-0.5, 0.5]) and (count, 3) poses.
+
+    The project's 3D mean face, turned by yaw +-45, pitch and roll +-25 degrees, projected
+    orthographically, 0.28-0.38 crop widths per inter-ocular unit, shifted up to 0.04, with 0.4 %
+    jitter per point.
+    """
+    from asmnet_jax.data.face3d import mean_face
+
+    face = mean_face(num_landmarks)
+    face = face - face.mean(axis=0)
+    poses = np.deg2rad(rng.uniform([-45, -25, -25], [45, 25, 25], (count, 3)))
+    shapes = np.empty((count, num_landmarks, 2))
+    for i, (yaw, pitch, roll) in enumerate(poses):
+        turned = face @ _rotation(yaw, pitch, roll).T
+        points = np.stack([turned[:, 0], -turned[:, 1]], axis=-1)  # image y points down
+        shapes[i] = points * rng.uniform(0.28, 0.38) + rng.uniform(-0.04, 0.04, 2)
+    shapes += rng.normal(0.0, 0.004, shapes.shape)
+    return shapes.reshape(count, -1).astype(np.float32), poses.astype(np.float32)
+
+
+def make_batch(args, seed=0):
+    """Host batch: uint8 NHWC images, landmarks (B, 2n), pose (B, 3), mask; and ASM shapes."""
+    rng = np.random.default_rng(seed)
+    landmarks, pose = plausible_shapes(rng, args.batch, args.num_landmarks)
+    batch = {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8),
+             "landmarks": landmarks, "pose": pose, "mask": np.ones(args.batch, np.float32)}
+    asm_shapes, _ = plausible_shapes(rng, 512, args.num_landmarks)
+    return batch, asm_shapes
+
+
+def rate(value):
+    """img/s for printing: no decimals for GPU-sized numbers, some for CPU smoke tests."""
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def time_windows(run_steps, sync, args):
+    """Median img/s over ``args.repeats`` windows of ``args.steps`` steps; and the warm-up time."""
+    start = time.perf_counter()
+    run_steps(args.warmup)
+    sync()
+    warmup_s = time.perf_counter() - start
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run_steps(args.steps)
+        sync()
+        rates.append(args.batch * args.steps / (time.perf_counter() - start))
+    return statistics.median(rates), rates, warmup_s
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX side
+
+
+def run_jax(args):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from asmnet_jax import steps as steps_lib
+    from asmnet_jax.asm import ShapeModel
+    from asmnet_jax.models import count_parameters, create_model
+
+    device = jax.devices()[0]
+    emit(jax_version=jax.__version__, jax_backend=jax.default_backend(),
+         jax_device=getattr(device, "device_kind", str(device)))
+    host_batch, asm_shapes = make_batch(args)
+    shape_model_host = ShapeModel.fit(asm_shapes, ASM_VARIANCE)
+    emit(asm_components=shape_model_host.num_components)
+    mesh = steps_lib.make_mesh([device])
+    batch = jax.device_put(host_batch, steps_lib.batch_sharding(mesh))
+    shape_model = steps_lib.replicate(shape_model_host, mesh)
+    settings = steps_lib.LossSettings(total_epochs=30, steps_per_epoch=1000,
+                                      head_l2_weight=HEAD_L2, pose_weight=POSE_WEIGHT)
+
+    def measure(dtype):  # a function, so that its buffers are freed before the next dtype
+        model = create_model("asmnet", args.num_landmarks, dtype=getattr(jnp, dtype),
+                             bn_axis_name=steps_lib.DATA_AXIS)
+        optimizer = optax.adam(LEARNING_RATE)
+        state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), args.size)
+        if dtype == args.dtypes[0]:
+            counts = count_parameters({"params": state.params, "batch_stats": state.batch_stats})
+            emit(params_jax=counts)
+            say(f"jax: parameters {counts}")
+        state = steps_lib.replicate(state, mesh)
+        step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+        holder = {"state": state, "metrics": None}
+
+        def run_steps(count):
+            for _ in range(count):
+                holder["state"], holder["metrics"] = step(holder["state"], batch, shape_model)
+
+        def sync():
+            jax.block_until_ready((holder["state"], holder["metrics"]))
+
+        img_s, rates, warmup_s = time_windows(run_steps, sync, args)
+        loss = float(holder["metrics"]["total"])
+        emit(**{f"train_img_s_jax_{dtype}": img_s, f"windows_img_s_jax_{dtype}": rates,
+                f"warmup_s_jax_{dtype}": warmup_s, f"loss_jax_{dtype}": loss})
+        say(f"jax {dtype}: {rate(img_s)} img/s (windows {', '.join(map(rate, rates))});"
+            f" warm-up incl. compile {warmup_s:.1f} s; loss {loss:.4f}")
+
+    for dtype in args.dtypes:
+        measure(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch side
+
+
+def build_torch_model(num_landmarks):
+    """ASMNet in PyTorch: MobileNetV2 stem and blocks 0-15, six pooled taps, dropout, two heads."""
+    import torch
+    from torch import nn
+
+    from asmnet_jax.models import (ASMNET_DROPOUT, ASMNET_TAPS, BLOCKS, BN_EPSILON, NUM_POSE,
+                                   STEM_CHANNELS)
+
+    def conv_bn(cin, cout, kernel, stride=1, groups=1, act=True):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(cout, eps=BN_EPSILON, momentum=0.1)]
+        if act:
+            layers.append(nn.ReLU6(inplace=True))
+        return layers
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin, expansion, cout, stride):
+            super().__init__()
+            hidden = cin * expansion
+            layers = conv_bn(cin, hidden, 1) if expansion != 1 else []
+            layers += conv_bn(hidden, hidden, 3, stride, groups=hidden)
+            layers += conv_bn(hidden, cout, 1, act=False)
+            self.body = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.body(x)
+            return x + y if self.residual else y
+
+    class TorchASMNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(*conv_bn(3, STEM_CHANNELS, 3, 2))
+            blocks, cin = [], STEM_CHANNELS
+            for expansion, cout, stride in BLOCKS[:ASMNET_TAPS[-1] + 1]:
+                blocks.append(InvertedResidual(cin, expansion, cout, stride))
+                cin = cout
+            self.blocks = nn.ModuleList(blocks)
+            features = sum(BLOCKS[i][1] for i in ASMNET_TAPS)
+            self.dropout = nn.Dropout(ASMNET_DROPOUT)
+            self.landmark_head = nn.Linear(features, 2 * num_landmarks)
+            self.pose_head = nn.Linear(features, NUM_POSE)
+
+        def forward(self, x):
+            x = self.stem(x)
+            pooled = []
+            for index, block in enumerate(self.blocks):
+                x = block(x)
+                if index in ASMNET_TAPS:
+                    pooled.append(x.float().mean(dim=(2, 3)))
+            with torch.autocast(x.device.type, enabled=False):
+                features = self.dropout(torch.cat(pooled, dim=1))
+                return self.landmark_head(features), self.pose_head(features)
+
+    return TorchASMNet()
+
+
+def torch_parameter_counts(model):
+    """Counts in the Keras / :func:`asmnet_jax.models.count_parameters` sense (BN mean and
+    variance are statistics; ``num_batches_tracked`` is not counted)."""
+    trainable = sum(p.numel() for p in model.parameters())
+    statistics_ = sum(b.numel() for name, b in model.named_buffers()
+                      if name.endswith(("running_mean", "running_var")))
+    return {"trainable": trainable, "batch_stats": statistics_, "total": trainable + statistics_}
+
+
+def run_torch(args):
+    import torch
+
+    from asmnet_jax.asm import ShapeModel
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+    emit(torch_version=torch.__version__,
+         torch_device=torch.cuda.get_device_name() if cuda else "cpu",
+         torch_threads=torch.get_num_threads(), torch_compile=not args.no_compile)
+    host_batch, asm_shapes = make_batch(args)
+    shape_model = ShapeModel.fit(asm_shapes, ASM_VARIANCE)
+    mean, components, eigenvalues = (torch.as_tensor(np.array(a), device=device)
+                                     for a in (shape_model.mean, shape_model.components,
+                                               shape_model.eigenvalues))
+    limit = 3.0 * eigenvalues.sqrt()
+    images = torch.as_tensor(host_batch["image"], device=device)  # (B, H, W, 3) uint8
+    landmarks = torch.as_tensor(host_batch["landmarks"], device=device)
+    pose = torch.as_tensor(host_batch["pose"], device=device)
+
+    def asm_project(shapes):
+        coefficients = torch.clamp((shapes - mean) @ components, -limit, limit)
+        return mean + coefficients @ components.T
+
+    def measure(dtype):  # a function, so that its memory is freed before the next dtype
+        torch.manual_seed(0)
+        model = build_torch_model(args.num_landmarks).to(device, memory_format=torch.channels_last)
+        model.train()
+        if dtype == args.dtypes[0]:
+            counts = torch_parameter_counts(model)
+            emit(params_torch=counts)
+            say(f"torch: parameters {counts}")
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=cuda)
+        bf16 = dtype == "bfloat16"
+        heads = (model.landmark_head, model.pose_head)
+
+        def loss_fn(images, landmarks, pose, model=model, bf16=bf16, heads=heads):
+            # NHWC uint8 -> NCHW view with channels_last strides, in [0, 1].
+            x = images.permute(0, 3, 1, 2).float() * (1.0 / 255.0)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred_landmarks, pred_pose = model(x)
+            mse = torch.mean((landmarks - pred_landmarks) ** 2)
+            asm = torch.mean((asm_project(landmarks) - pred_landmarks) ** 2)
+            pose_mse = torch.mean((pose - pred_pose) ** 2)
+            penalty = sum((p ** 2).sum() for head in heads for p in head.parameters())
+            return mse + ASM_ALPHA * asm + POSE_WEIGHT * pose_mse + HEAD_L2 * penalty
+
+        compiled = loss_fn if args.no_compile else torch.compile(loss_fn, mode=args.compile_mode)
+        holder = {"loss": None}
+
+        def run_steps(count):
+            for _ in range(count):
+                loss = compiled(images, landmarks, pose)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                holder["loss"] = loss
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
+
+        img_s, rates, warmup_s = time_windows(run_steps, sync, args)
+        loss = float(holder["loss"].detach())
+        emit(**{f"train_img_s_torch_{dtype}": img_s, f"windows_img_s_torch_{dtype}": rates,
+                f"warmup_s_torch_{dtype}": warmup_s, f"loss_torch_{dtype}": loss})
+        say(f"torch {dtype}: {rate(img_s)} img/s (windows {', '.join(map(rate, rates))});"
+            f" warm-up incl. compile {warmup_s:.1f} s; loss {loss:.4f}")
+
+    for dtype in args.dtypes:
+        measure(dtype)
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def run_child(args):
+    try:
+        {"jax": run_jax, "torch": run_torch}[args.side](args)
+    except ImportError as error:
+        emit(**{f"{args.side}_error": f"not available: {error}"})
+        say(f"{args.side}: not available ({error})")
+    loaded = sorted({m.split(".")[0] for m in sys.modules} & set(FORBIDDEN_MODULES))
+    emit(**{f"forbidden_modules_loaded_{args.side}": loaded})
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: run the children, merge, summarise
+
+
+def write_out(result):
+    out = os.environ.get("OUT")
+    if out:
+        path = os.path.join(out, "bench_gpu.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+
+def run_side(side, argv, result, deadline, script=None, env=None, on_update=write_out):
+    """Runs ``script`` (this file by default) with ``--side side`` in a subprocess, echoing its
+    output prefixed with the side and merging its RESULT lines into ``result`` (``on_update`` is
+    called after each). The child is killed at ``deadline`` (``time.monotonic()``; inf: never)."""
+    import threading
+
+    command = [sys.executable, "-u", os.path.abspath(script or __file__), *argv, "--side", side]
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+
+    def stop_at_deadline():
+        remaining = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=None if math.isinf(remaining) else max(remaining, 1.0))
+        except subprocess.TimeoutExpired:
+            result[f"{side}_error"] = (f"stopped at the time limit "
+                                       f"({time.perf_counter() - start:.0f} s)")
+            proc.kill()
+
+    watchdog = threading.Thread(target=stop_at_deadline, daemon=True)
+    watchdog.start()
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith(RESULT_PREFIX):
+            result.update(json.loads(line[len(RESULT_PREFIX):]))
+            on_update(result)
+        else:
+            print(f"[{side}] {line}", flush=True)
+    proc.wait()
+    watchdog.join(timeout=1.0)
+    if proc.returncode != 0 and f"{side}_error" not in result:
+        result[f"{side}_error"] = f"exit status {proc.returncode}"
+    result[f"{side}_wall_s"] = time.perf_counter() - start
+    on_update(result)
+
+
+def summarise(args, result):
+    for dtype in args.dtypes:  # every documented key is present, None where not measured
+        for side in SIDES:
+            result.setdefault(f"train_img_s_{side}_{dtype}", None)
+    for side in SIDES:
+        result.setdefault(f"params_{side}", None)
+    for dtype in args.dtypes:
+        jax_rate = result.get(f"train_img_s_jax_{dtype}")
+        torch_rate = result.get(f"train_img_s_torch_{dtype}")
+        result[f"ratio_jax_over_torch_{dtype}"] = (
+            jax_rate / torch_rate if jax_rate and torch_rate else None)
+    bf16 = result.get("train_img_s_jax_bfloat16")
+    result["bf16_target_img_s"] = args.target
+    result["bf16_reaches_target"] = None if bf16 is None else bool(bf16 >= args.target)
+    jax_counts, torch_counts = result.get("params_jax"), result.get("params_torch")
+    result["params_equal"] = (None if not (jax_counts and torch_counts)
+                              else jax_counts == torch_counts)
+
+    def ratio(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    print(f"\nASMNet train step, batch {args.batch}, {args.size} x {args.size}, "
+          f"{result.get('jax_device') or result.get('torch_device') or '?'}")
+    print(f"{'dtype':<10}{'JAX img/s':>12}{'torch img/s':>13}{'JAX/torch':>11}")
+    for dtype in args.dtypes:
+        print(f"{dtype:<10}{rate(result.get(f'train_img_s_jax_{dtype}')):>12}"
+              f"{rate(result.get(f'train_img_s_torch_{dtype}')):>13}"
+              f"{ratio(result.get(f'ratio_jax_over_torch_{dtype}')):>11}")
+    print(f"parameters: JAX {jax_counts}, torch {torch_counts}, equal: {result['params_equal']}")
+    if bf16 is not None:
+        print(f"JAX bf16 {'reaches' if result['bf16_reaches_target'] else 'does not reach'} "
+              f"{args.target:,.0f} img/s ({rate(bf16)})")
+    for side in args.sides:
+        if result.get(f"{side}_error"):
+            print(f"{side}: {result[f'{side}_error']}")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.side:
+        return run_child(args)
+    if args.time_limit is None:
+        args.time_limit = GPU_TIME_LIMIT_S if os.path.exists("/dev/nvidiactl") else 0.0
+    deadline = time.monotonic() + args.time_limit if args.time_limit > 0 else math.inf
+    result = {"batch": args.batch, "size": args.size, "steps": args.steps,
+              "repeats": args.repeats, "warmup": args.warmup, "num_landmarks": args.num_landmarks,
+              "dtypes": args.dtypes, "torch_compile": not args.no_compile,
+              "time_limit_s": args.time_limit or None,
+              "python": platform.python_version(), "platform": platform.platform(),
+              "cpu_count": os.cpu_count(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for side in args.sides:
+        if time.monotonic() >= deadline:
+            result[f"{side}_error"] = "not run: time limit reached"
+            continue
+        run_side(side, argv, result, deadline)
+    summarise(args, result)
+    write_out(result)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The benchmark scripts (experiments/bench_train.py, bench_gpu.py) run and report what they say.
+
+Each script runs at tiny sizes (batch 2, 64 x 64, one timed step) in a subprocess, as a user would
+run it, and its last output line must be JSON with the documented keys. Timings at these sizes mean
+nothing; only the plumbing, the parameter counts and the import hygiene are checked. The numbers
+themselves come from full-size runs on an idle machine (CPU) and a lent GPU.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TINY = ["--batch", "2", "--size", "64", "--steps", "1", "--warmup", "1"]
+#: SPEC section 1: Keras count_params() of ASMNet with 68 points (BN statistics included).
+ASMNET68_TOTAL, ASMNET68_TRAINABLE = 1_439_507, 1_412_435
+
+TRAIN_KEYS = ("train_img_s_jax", "train_img_s_jax_noasm", "train_img_s_tf",
+              "train_ratio_jax_over_tf", "train_ratio_jax_noasm_over_tf", "infer_img_s_jax",
+              "infer_img_s_tf", "infer_ratio_jax_over_tf", "latency_ms_jax", "latency_ms_tf",
+              "latency_ratio_jax_over_tf", "asm_overhead", "params_jax", "params_tf",
+              "params_equal", "platform", "cpu_count", "threads", "jax_version", "date", "busy")
+
+
+def _has(module):
+    return importlib.util.find_spec(module) is not None
+
+
+def run_script(script, *args, timeout=1200):
+    """Runs experiments/<script> with ``args``; returns the JSON of its last output line."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu", OUT="")
+    proc = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{script} printed nothing; stderr:\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1])
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_counts(counts):
+    assert counts == {"trainable": ASMNET68_TRAINABLE,
+                      "batch_stats": ASMNET68_TOTAL - ASMNET68_TRAINABLE, "total": ASMNET68_TOTAL}
+
+
+def test_gpu_bench_imports_no_tensorflow():
+    """bench_gpu runs where there is no TensorFlow and no ml_collections: the modules it uses must
+    not import them."""
+    code = ("import sys; import asmnet_jax.models, asmnet_jax.steps, asmnet_jax.losses, "
+            "asmnet_jax.asm, asmnet_jax.data.face3d; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'tensorflow', 'ml_collections', 'tf_keras', 'keras', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_plausible_shapes_fit_a_shape_model():
+    import numpy as np
+
+    from asmnet_jax.asm import ShapeModel
+
+    bench_gpu = _load("bench_gpu")
+    shapes, poses = bench_gpu.plausible_shapes(np.random.default_rng(0), 256, 68)
+    assert shapes.shape == (256, 136) and poses.shape == (256, 3)
+    assert np.all(np.abs(shapes) < 0.5)  # inside the crop
+    model = ShapeModel.fit(shapes, 0.9)
+    assert 2 <= model.num_components < 20  # a few modes (pose, scale, shift) explain most of it
+
+
+@pytest.mark.skipif(not _has("torch"), reason="PyTorch is not installed")
+def test_torch_asmnet_has_the_flax_parameter_counts():
+    import jax
+
+    from asmnet_jax.models import count_parameters, create_model
+
+    bench_gpu = _load("bench_gpu")
+    for num_landmarks in (68, 98):
+        model = create_model("asmnet", num_landmarks)
+        variables = jax.eval_shape(model.init, jax.random.key(0),
+                                   jax.ShapeDtypeStruct((1, 64, 64, 3), "float32"))
+        torch_counts = bench_gpu.torch_parameter_counts(bench_gpu.build_torch_model(num_landmarks))
+        assert torch_counts == count_parameters(variables)
+    _check_counts(bench_gpu.torch_parameter_counts(bench_gpu.build_torch_model(68)))
+
+
+def test_bench_train_summary_ratios():
+    """The parent's arithmetic on the children's results (no subprocess, no compilation)."""
+    bench_train = _load("bench_train")
+    args = bench_train.parse_args(["--threads", "2"])
+    counts = {"trainable": 1, "batch_stats": 2, "total": 3}
+    result = {"cpu_model": "test", "busy": False, "step_s_jax": 2.0, "step_s_jax_noasm": 1.5,
+              "train_img_s_jax": 16.0, "train_img_s_jax_noasm": 32 / 1.5, "train_img_s_tf": 32.0,
+              "infer_img_s_jax": 100.0, "infer_img_s_tf": 200.0, "latency_ms_jax": 30.0,
+              "latency_ms_tf": 10.0, "params_jax": counts, "params_tf": dict(counts)}
+    bench_train.summarise(args, result)
+    assert result["train_ratio_jax_over_tf"] == pytest.approx(0.5)
+    assert result["train_ratio_jax_noasm_over_tf"] == pytest.approx(2 / 3)
+    assert result["infer_ratio_jax_over_tf"] == pytest.approx(0.5)
+    assert result["latency_ratio_jax_over_tf"] == pytest.approx(3.0)
+    assert result["asm_overhead"] == pytest.approx(0.25)
+    assert result["params_equal"] is True
+
+
+def test_bench_train_jax_side():
+    result = run_script("bench_train.py", "--sides", "jax", *TINY)
+    for key in TRAIN_KEYS:
+        assert key in result, key
+    assert result["train_img_s_jax"] > 0 and result["train_img_s_jax_noasm"] > 0
+    assert result["infer_img_s_jax"] > 0 and result["latency_ms_jax"] > 0
+    assert isinstance(result["asm_overhead"], float)
+    assert result["train_img_s_tf"] is None and result["train_ratio_jax_over_tf"] is None
+    assert result["asm_components"] >= 1
+    _check_counts(result["params_jax"])
+
+
+@pytest.mark.slow
+def test_bench_train_tf_side():
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf_keras")
+    result = run_script("bench_train.py", "--sides", "tf", *TINY)
+    for key in TRAIN_KEYS:
+        assert key in result, key
+    assert result["train_img_s_tf"] > 0 and result["infer_img_s_tf"] > 0
+    assert result["latency_ms_tf"] > 0 and result["tf_auto_jit"] == "off"
+    _check_counts(result["params_tf"])
+
+
+def test_bench_gpu_on_cpu():
+    """The GPU benchmark's CPU smoke test: JAX float32 (and PyTorch eager where installed)."""
+    result = run_script("bench_gpu.py", *TINY, "--repeats", "1", "--no-compile",
+                        "--dtypes", "float32")
+    for key in ("train_img_s_jax_float32", "train_img_s_torch_float32",
+                "ratio_jax_over_torch_float32", "bf16_reaches_target", "bf16_target_img_s",
+                "params_jax", "params_equal", "jax_version", "date"):
+        assert key in result, key
+    assert result["train_img_s_jax_float32"] > 0
+    assert result["forbidden_modules_loaded_jax"] == []
+    _check_counts(result["params_jax"])
+    if _has("torch"):
+        assert result["train_img_s_torch_float32"] > 0, result.get("torch_error")
+        assert result["ratio_jax_over_torch_float32"] > 0
+        assert result["params_equal"] is True
+        assert result["forbidden_modules_loaded_torch"] == []
+    else:
+        assert "not available" in result["torch_error"]
