@@ -103,6 +103,53 @@ class PointwiseConv(nn.Module):
         return y.reshape(*x.shape[:-1], self.features)
 
 
+class BatchNorm(nn.Module):
+    """Batch normalisation over (B, H, W) of NHWC inputs, the statistics of ``nn.BatchNorm``.
+
+    Variables, their names, initial values and updates are those of ``nn.BatchNorm``
+    (``params``: scale, bias; ``batch_stats``: mean, var; statistics in float32 or wider, biased
+    variance E[x^2] - E[x]^2 clipped at 0, averaged over ``axis_name`` in training, running
+    averages with ``momentum``). The normalisation is applied as one multiply-add,
+    ``x * a + b`` with ``a = scale / sqrt(var + eps)`` and ``b = bias - mean * a``, instead of
+    ``(x - mean) * a + bias``: the centred copy of ``x`` that autodiff of the latter keeps for the
+    backward pass (an activation-sized array written in the forward and read in the backward of
+    every BN) is never formed. Values agree with ``nn.BatchNorm`` to float rounding.
+    """
+
+    use_running_average: bool = False
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPSILON
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        axes = tuple(range(x.ndim - 1))
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                                (features,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+                               (features,))
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+            xs = x.astype(stats_dtype)
+            mean, mean2 = xs.mean(axes), lax.square(xs).mean(axes)
+            if self.axis_name is not None and not self.is_initializing():
+                mean, mean2 = lax.pmean(jnp.stack([mean, mean2]), self.axis_name)
+            var = jnp.maximum(0.0, mean2 - lax.square(mean))
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        a = scale * lax.rsqrt(var + self.epsilon)
+        b = bias - mean * a
+        return jnp.asarray(x * a + b, self.dtype)
+
+
 class _Layers(nn.Module):
     """Shared settings of every conv and BN (dtype, BN axis for cross-device statistics)."""
 
@@ -118,9 +165,9 @@ class _Layers(nn.Module):
                        use_bias=False, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
 
     def norm(self, train, name=None):
-        return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                            epsilon=BN_EPSILON, dtype=self.dtype,
-                            axis_name=self.bn_axis_name if train else None, name=name)
+        return BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=BN_EPSILON, dtype=self.dtype,
+                         axis_name=self.bn_axis_name if train else None, name=name)
 
 
 class InvertedResidual(_Layers):

@@ -165,3 +165,41 @@ def test_pointwise_conv_equals_flax_conv_params_values_and_gradients(shape, feat
                         jax.tree_util.tree_leaves(grads(reference))):
         assert g.shape == g_ref.shape
         assert _relative_error(g, g_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_equals_flax_batch_norm(train):
+    from asmnet_jax.models import BatchNorm
+    kx, ks, kg = jax.random.split(jax.random.key(5), 3)
+    x = 3.0 + 2.0 * jax.random.normal(kx, (4, 5, 6, 7))  # a mean far from 0, as after a conv
+    reference = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+    norm = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+    variables = reference.init(jax.random.key(0), x)
+    own = norm.init(jax.random.key(0), x)
+    assert jax.tree_util.tree_structure(own) == jax.tree_util.tree_structure(variables)
+    for a, b in zip(jax.tree_util.tree_leaves(own), jax.tree_util.tree_leaves(variables)):
+        np.testing.assert_array_equal(a, b)
+    # Non-trivial parameters and running statistics.
+    k1, k2, k3, k4 = jax.random.split(ks, 4)
+    variables = {"params": {"scale": 1 + 0.2 * jax.random.normal(k1, (7,)),
+                            "bias": 0.3 * jax.random.normal(k2, (7,))},
+                 "batch_stats": {"mean": 3 + jax.random.normal(k3, (7,)),
+                                 "var": jax.random.uniform(k4, (7,), minval=2, maxval=6)}}
+    cotangent = jax.random.normal(kg, x.shape)
+
+    def run(module):
+        def loss(params, x):
+            y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, mutable=["batch_stats"])
+            return jnp.sum(y * cotangent), (y, updates)
+        (_, (y, updates)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            variables["params"], x)
+        return y, updates, grads
+
+    y, updates, grads = run(norm)
+    y_ref, updates_ref, grads_ref = run(reference)
+    assert _relative_error(y, y_ref) <= 1e-5
+    for a, b in zip(jax.tree_util.tree_leaves((updates, grads)),
+                    jax.tree_util.tree_leaves((updates_ref, grads_ref))):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert _relative_error(a, b) <= 1e-5
