@@ -70,14 +70,22 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array,
                        input_size: int) -> TrainState:
-    """Initialises params and BN statistics (on the host's default device) and the optimizer."""
-    init_rng, state_rng = jax.random.split(rng)
-    images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
-    variables = jax.jit(model.init)(init_rng, images)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng))
+    """Initialises params and BN statistics (on the host's default device) and the optimizer.
+
+    One compiled function: run eagerly, the optimizer's and the key's small ops would each compile
+    on their own (tens of them).
+    """
+
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+        variables = model.init(init_rng, images)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng))
+
+    return jax.jit(init)(rng)
 
 
 def epoch_of(step, steps_per_epoch: int):

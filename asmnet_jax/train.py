@@ -450,8 +450,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                 # Metrics reach the host only here, so steps between logs stay asynchronous.
                 # Every evaluation and save happens on such a step, after this check; a
                 # non-finite loss or gradient leaves NaN parameters behind, so it is never missed.
-                elapsed = time.perf_counter() - window_start
                 values = {key: float(value) for key, value in host_copy(step_metrics).items()}
+                # After host_copy, which waits for the step: before it, only dispatch is timed.
+                elapsed = time.perf_counter() - window_start
                 if not (math.isfinite(values["total"]) and math.isfinite(values["grad_norm"])):
                     raise TrainingDiverged(
                         f"the loss became {values['total']} (gradient norm {values['grad_norm']};"
