@@ -2,7 +2,8 @@
 
 Multiply-accumulates are counted by walking the jaxpr of one inference pass (batch 1) and adding,
 for every convolution, ``output elements * kernel height * kernel width * input channels per group``
-and, for every matrix product, ``output elements * contracted size``. The depthwise convolutions are
+and, for every matrix product, ``output elements * contracted size`` (the backbone's 1x1
+convolutions, computed as matrix products, count as convolutions). The depthwise convolutions are
 traced in their native grouped form so that they appear as convolutions. GFLOPs are 2 x MACs of
 the convolution, depthwise and dense layers (elementwise work such as BN and ReLU6 is not counted,
 as in the paper).
@@ -43,7 +44,11 @@ def _count(jaxpr, totals: Dict[str, int]) -> None:
             out = eqn.outvars[0].aval.shape
             (lhs_contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            totals["dense"] += math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+            # The backbone's 1x1 convolutions are matrix products too (models.PointwiseConv);
+            # the module path in the name stack tells them from the dense heads.
+            scopes = str(eqn.source_info.name_stack).split("/")
+            kind = "conv" if "backbone" in scopes else "dense"
+            totals[kind] += math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
         for sub in _sub_jaxprs(eqn):
             _count(sub, totals)
 
