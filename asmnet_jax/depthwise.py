@@ -42,17 +42,20 @@ def depthwise_conv3x3_xla(x, kernel, strides: int = 1):
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
 
 
+def _window(xp, i: int, j: int, out_h: int, out_w: int, strides: int):
+    """xp[:, s*o + i, s*p + j, :] for o < out_h, p < out_w: the input under kernel tap (i, j)."""
+    b, _, _, c = xp.shape
+    return lax.slice(xp, (0, i, j, 0),
+                     (b, i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, c),
+                     (1, strides, strides, 1))
+
+
 def _shift_add(xp, taps, out_h: int, out_w: int, strides: int):
     """sum_ij xp[:, s*o + i, s*p + j, :] * taps[i, j]: nine strided windows of the padded input."""
-    b, _, _, c = xp.shape
     out = None
     for i in range(3):
         for j in range(3):
-            window = lax.slice(
-                xp, (0, i, j, 0),
-                (b, i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, c),
-                (1, strides, strides, 1))
-            term = window * taps[i, j]
+            term = _window(xp, i, j, out_h, out_w, strides) * taps[i, j]
             out = term if out is None else out + term
     return out
 
@@ -112,17 +115,11 @@ def _shift_backward(strides, residuals, g):
     # The nine sums are one variadic reduction over p (a single fused loop over xp and g that
     # never materialises the windows), then nine small sums over (b, o).
     xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    b, _, _, c = x.shape
+    c = x.shape[-1]
     acc = jnp.promote_types(x.dtype, jnp.float32)
     g_acc = g.astype(acc)
-    products = []
-    for i in range(3):
-        for j in range(3):
-            window = lax.slice(
-                xp, (0, i, j, 0),
-                (b, i + (out_h - 1) * strides + 1, j + (out_w - 1) * strides + 1, c),
-                (1, strides, strides, 1))
-            products.append(window.astype(acc) * g_acc)
+    products = [_window(xp, i, j, out_h, out_w, strides).astype(acc) * g_acc
+                for i in range(3) for j in range(3)]
     zero = jnp.zeros((), acc)
     rows = lax.reduce(products, [zero] * 9, lambda a, b: [u + v for u, v in zip(a, b)], (2,))
     dk = jnp.stack([jnp.sum(r, axis=(0, 1)) for r in rows]).reshape(3, 3, 1, c)
