@@ -220,14 +220,19 @@ def run_jax(args):
             jax.block_until_ready((holder["state"], holder["metrics"]))
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
-        loss = float(holder["metrics"]["total"])
-        emit(**{f"train_img_s_jax_{dtype}": img_s, f"windows_img_s_jax_{dtype}": rates,
-                f"warmup_s_jax_{dtype}": warmup_s, f"loss_jax_{dtype}": loss})
-        say(f"jax {dtype}: {rate(img_s)} img/s (windows {', '.join(map(rate, rates))});"
-            f" warm-up incl. compile {warmup_s:.1f} s; loss {loss:.4f}")
+        report("jax", dtype, img_s, rates, warmup_s, float(holder["metrics"]["total"]))
 
     for dtype in args.dtypes:
         measure(dtype)
+
+
+def report(framework, dtype, img_s, rates, warmup_s, loss):
+    """Emits and prints one framework's measured train-step throughput for ``dtype``."""
+    emit(**{f"train_img_s_{framework}_{dtype}": img_s,
+            f"windows_img_s_{framework}_{dtype}": rates,
+            f"warmup_s_{framework}_{dtype}": warmup_s, f"loss_{framework}_{dtype}": loss})
+    say(f"{framework} {dtype}: {rate(img_s)} img/s (windows {', '.join(map(rate, rates))});"
+        f" warm-up incl. compile {warmup_s:.1f} s; loss {loss:.4f}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,11 +370,7 @@ def run_torch(args):
                 torch.cuda.synchronize()
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
-        loss = float(holder["loss"].detach())
-        emit(**{f"train_img_s_torch_{dtype}": img_s, f"windows_img_s_torch_{dtype}": rates,
-                f"warmup_s_torch_{dtype}": warmup_s, f"loss_torch_{dtype}": loss})
-        say(f"torch {dtype}: {rate(img_s)} img/s (windows {', '.join(map(rate, rates))});"
-            f" warm-up incl. compile {warmup_s:.1f} s; loss {loss:.4f}")
+        report("torch", dtype, img_s, rates, warmup_s, float(holder["loss"].detach()))
 
     for dtype in args.dtypes:
         measure(dtype)
