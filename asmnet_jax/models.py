@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from asmnet_jax.depthwise import depthwise_conv3x3
+from asmnet_jax.depthwise import _same_padding, _window, depthwise_conv3x3
 from asmnet_jax.landmarks import check_num_landmarks
 
 Dtype = Any
@@ -101,6 +101,57 @@ class PointwiseConv(nn.Module):
         y = lax.dot_general(x.reshape(-1, in_features), kernel.reshape(in_features, self.features),
                             (((1,), (0,)), ((), ())))
         return y.reshape(*x.shape[:-1], self.features)
+
+
+def conv3x3_as_dot(x, kernel, strides: int):
+    """3x3 convolution with SAME padding as one matrix product over the image's patches.
+
+    ``x`` (B, H, W, C), ``kernel`` (3, 3, C, F) HWIO. The nine strided windows of the padded input
+    are stacked on the channel axis in HWIO order, (B, H', W', 9 C), and multiplied by the kernel
+    reshaped to (9 C, F). For the stem (C = 3) the patch array is small, and the filter gradient
+    becomes one product over (B * H' * W', 27) instead of the convolution over transposed copies
+    that XLA's CPU backend emits for a convolution's filter gradient.
+    """
+    b, h, w, c = x.shape
+    out_h, pad_h = _same_padding(h, strides)
+    out_w, pad_w = _same_padding(w, strides)
+    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    patches = jnp.concatenate([_window(xp, i, j, out_h, out_w, strides)
+                               for i in range(3) for j in range(3)], axis=-1)
+    y = lax.dot_general(patches.reshape(-1, 9 * c), kernel.reshape(9 * c, -1),
+                        (((1,), (0,)), ((), ())))
+    return y.reshape(b, out_h, out_w, kernel.shape[-1])
+
+
+def conv3x3_xla(x, kernel, strides: int):
+    return lax.conv_general_dilated(x, kernel, (strides, strides), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class StemConv(nn.Module):
+    """The stem's 3x3 convolution without bias; the parameter of ``nn.Conv`` (``kernel``, HWIO).
+
+    ``impl`` as for the depthwise convolution: ``"auto"`` computes it as a matrix product over
+    patches (:func:`conv3x3_as_dot`) when compiled for the CPU and as XLA's convolution elsewhere;
+    ``"shift"`` always as the product, ``"xla"`` always as the convolution. Same values.
+    """
+
+    features: int
+    strides: int = 2
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", glorot_uniform, (3, 3, x.shape[-1], self.features),
+                            self.param_dtype)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        as_dot = partial(conv3x3_as_dot, strides=self.strides)
+        as_conv = partial(conv3x3_xla, strides=self.strides)
+        if self.impl == "auto":
+            return lax.platform_dependent(x, kernel, cpu=as_dot, default=as_conv)
+        return (as_conv if self.impl == "xla" else as_dot)(x, kernel)
 
 
 class BatchNorm(nn.Module):
@@ -210,7 +261,8 @@ class MobileNetV2Backbone(_Layers):
         if x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(f"image height and width must be divisible by 32, got {x.shape[1:3]}")
         x = x.astype(self.dtype)
-        x = self.conv(STEM_CHANNELS, 3, strides=2, name="stem")(x)
+        x = StemConv(STEM_CHANNELS, strides=2, impl=self.depthwise_impl, dtype=self.dtype,
+                     name="stem")(x)
         x = relu6(self.norm(train, name="stem_bn")(x))
         tapped = {}
         layers = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl,

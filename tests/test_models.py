@@ -167,6 +167,48 @@ def test_pointwise_conv_equals_flax_conv_params_values_and_gradients(shape, feat
         assert _relative_error(g, g_ref) <= 1e-5
 
 
+@pytest.mark.parametrize("shape,strides", [((2, 16, 16, 3), 2), ((1, 9, 12, 3), 2),
+                                            ((2, 7, 6, 5), 1)])
+@pytest.mark.parametrize("impl", ["auto", "shift"])
+def test_stem_conv_equals_flax_conv_params_values_and_gradients(shape, strides, impl):
+    from asmnet_jax.models import StemConv, glorot_uniform
+    reference = nn.Conv(32, (3, 3), strides=(strides, strides), padding="SAME", use_bias=False,
+                        kernel_init=glorot_uniform)
+    stem = StemConv(32, strides=strides, impl=impl)
+    kx, kg = jax.random.split(jax.random.key(5))
+    x = jax.random.normal(kx, shape)
+    params_ref = reference.init(jax.random.key(0), x)
+    params = stem.init(jax.random.key(0), x)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_ref)
+    np.testing.assert_array_equal(params["params"]["kernel"], params_ref["params"]["kernel"])
+
+    y_ref, y = reference.apply(params_ref, x), jax.jit(stem.apply)(params, x)
+    assert y.shape == y_ref.shape
+    assert _relative_error(y, y_ref) <= 1e-5
+    cotangent = jax.random.normal(kg, y_ref.shape)
+
+    def grads(module):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent),
+                                argnums=(0, 1)))(params, x)
+
+    for g, g_ref in zip(jax.tree_util.tree_leaves(grads(stem)),
+                        jax.tree_util.tree_leaves(grads(reference))):
+        assert g.shape == g_ref.shape
+        assert _relative_error(g, g_ref) <= 1e-5
+
+
+def test_stem_conv_on_the_cpu_is_a_matrix_product():
+    from asmnet_jax.models import StemConv
+    stem = StemConv(32)
+    x = jnp.ones((2, 32, 32, 3))
+    params = stem.init(jax.random.key(0), x)
+    train = jax.jit(jax.grad(lambda p: jnp.sum(stem.apply(p, x) ** 2)))
+    hlo = train.lower(params).compile().as_text()
+    assert "convolution(" not in hlo
+    assert "convolution(" in jax.jit(StemConv(32, impl="xla").apply).lower(params, x).as_text(
+        dialect="hlo")
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_norm_equals_flax_batch_norm(train):
     from asmnet_jax.models import BatchNorm
