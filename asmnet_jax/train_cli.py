@@ -19,6 +19,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from asmnet_jax import hugepages
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_base.py")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,6 +60,7 @@ def _main(argv) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax", "orbax", "grain", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger(__name__).info(hugepages.status())
     _initialize_distributed()
 
     from asmnet_jax import train
@@ -72,6 +75,8 @@ def _main(argv) -> int:
 
 
 def main() -> None:
+    # Before anything else: glibc reads GLIBC_TUNABLES only at start-up (asmnet_jax/hugepages.py).
+    hugepages.reexec_with_thp()
     app.run(_main)
 
 
