@@ -104,6 +104,11 @@ def parse_args(argv=None):
     parser.add_argument("--tf-onednn", default="on", choices=("on", "default"),
                         help="on: TF_ENABLE_ONEDNN_OPTS=1 (TF's fastest training here, but batch-1 "
                              "inference of 0.4-0.7 s); default: the variable unset")
+    parser.add_argument("--malloc", default="thp", choices=("thp", "default"),
+                        help="thp (default, what asmnet-train does): "
+                             "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for both sides (glibc backs "
+                             "its large allocations with transparent huge pages; "
+                             "asmnet_jax/hugepages.py); default: glibc's defaults")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: child mode
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
@@ -306,8 +311,14 @@ def run_tf(args):
 # Parent
 
 
-def child_env(threads, tf_onednn="on"):
+def child_env(threads, tf_onednn="on", malloc="default"):
     env = dict(os.environ)
+    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
+                if t and not t.startswith("glibc.malloc.hugetlb=")]
+    if malloc == "thp":
+        tunables.append("glibc.malloc.hugetlb=1")
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
     # Measured on this CPU (2026-11-28): TF_ENABLE_ONEDNN_OPTS=1 doubles TF's training throughput
     # (23-25 against 11.5 img/s) but makes its batch-1 inference take 430-750 ms instead of
     # 15-20 ms; so --tf-onednn chooses, and RESULTS.md reports both. OpenMP/MKL variables are
@@ -408,13 +419,13 @@ def main(argv=None):
     result = {"batch": args.batch, "size": args.size, "steps": args.steps,
               "warmup": args.warmup, "threads": args.threads, "num_landmarks": args.num_landmarks,
               "depthwise_impl": args.depthwise_impl, "keras": args.keras,
-              "tf_onednn": args.tf_onednn,
+              "tf_onednn": args.tf_onednn, "malloc": args.malloc,
               "platform": platform.platform(), "machine": platform.machine(),
               "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
               "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "loadavg_start": list(os.getloadavg())}
-    env = child_env(args.threads, args.tf_onednn)
+    env = child_env(args.threads, args.tf_onednn, args.malloc)
     before = cpu_snapshot()
     for side in args.sides:
         run_side(side, argv, result, math.inf, script=__file__, env=env,
