@@ -138,33 +138,38 @@ def _relative_error(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
+def _assert_equals_flax_conv(module, reference, x, seed):
+    """Same parameter tree and initial values as ``reference`` (an ``nn.Conv``), so checkpoints
+    and the Keras importer are unaffected; same outputs and gradients (parameters and input)."""
+    params_ref = reference.init(jax.random.key(0), x)
+    params = module.init(jax.random.key(0), x)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_ref)
+    np.testing.assert_array_equal(params["params"]["kernel"], params_ref["params"]["kernel"])
+
+    y_ref, y = reference.apply(params_ref, x), jax.jit(module.apply)(params, x)
+    assert y.shape == y_ref.shape
+    assert _relative_error(y, y_ref) <= 1e-5
+    cotangent = jax.random.normal(jax.random.key(seed), y_ref.shape)
+
+    def grads(m):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * cotangent),
+                                argnums=(0, 1)))(params, x)
+
+    for g, g_ref in zip(jax.tree_util.tree_leaves(grads(module)),
+                        jax.tree_util.tree_leaves(grads(reference))):
+        assert g.shape == g_ref.shape
+        assert _relative_error(g, g_ref) <= 1e-5
+    return y
+
+
 @pytest.mark.parametrize("shape,features", [((2, 8, 8, 16), 24), ((3, 5, 7, 9), 4)])
 def test_pointwise_conv_equals_flax_conv_params_values_and_gradients(shape, features):
     from asmnet_jax.models import PointwiseConv, glorot_uniform
     reference = nn.Conv(features, (1, 1), padding="SAME", use_bias=False,
                         kernel_init=glorot_uniform)
-    pointwise = PointwiseConv(features)
-    kx, kg = jax.random.split(jax.random.key(4))
-    x = jax.random.normal(kx, shape)
-    params_ref = reference.init(jax.random.key(0), x)
-    params = pointwise.init(jax.random.key(0), x)
-    # Same tree, shapes and initial values: checkpoints and the Keras importer are unaffected.
-    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_ref)
-    np.testing.assert_array_equal(params["params"]["kernel"], params_ref["params"]["kernel"])
-
-    y_ref, y = reference.apply(params_ref, x), pointwise.apply(params, x)
-    assert y.shape == y_ref.shape == shape[:-1] + (features,)
-    assert _relative_error(y, y_ref) <= 1e-5
-    cotangent = jax.random.normal(kg, y_ref.shape)
-
-    def grads(module):
-        return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent),
-                        argnums=(0, 1))(params, x)
-
-    for g, g_ref in zip(jax.tree_util.tree_leaves(grads(pointwise)),
-                        jax.tree_util.tree_leaves(grads(reference))):
-        assert g.shape == g_ref.shape
-        assert _relative_error(g, g_ref) <= 1e-5
+    x = jax.random.normal(jax.random.key(4), shape)
+    y = _assert_equals_flax_conv(PointwiseConv(features), reference, x, seed=14)
+    assert y.shape == shape[:-1] + (features,)
 
 
 @pytest.mark.parametrize("shape,strides", [((2, 16, 16, 3), 2), ((1, 9, 12, 3), 2),
@@ -174,27 +179,8 @@ def test_stem_conv_equals_flax_conv_params_values_and_gradients(shape, strides, 
     from asmnet_jax.models import StemConv, glorot_uniform
     reference = nn.Conv(32, (3, 3), strides=(strides, strides), padding="SAME", use_bias=False,
                         kernel_init=glorot_uniform)
-    stem = StemConv(32, strides=strides, impl=impl)
-    kx, kg = jax.random.split(jax.random.key(5))
-    x = jax.random.normal(kx, shape)
-    params_ref = reference.init(jax.random.key(0), x)
-    params = stem.init(jax.random.key(0), x)
-    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_ref)
-    np.testing.assert_array_equal(params["params"]["kernel"], params_ref["params"]["kernel"])
-
-    y_ref, y = reference.apply(params_ref, x), jax.jit(stem.apply)(params, x)
-    assert y.shape == y_ref.shape
-    assert _relative_error(y, y_ref) <= 1e-5
-    cotangent = jax.random.normal(kg, y_ref.shape)
-
-    def grads(module):
-        return jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cotangent),
-                                argnums=(0, 1)))(params, x)
-
-    for g, g_ref in zip(jax.tree_util.tree_leaves(grads(stem)),
-                        jax.tree_util.tree_leaves(grads(reference))):
-        assert g.shape == g_ref.shape
-        assert _relative_error(g, g_ref) <= 1e-5
+    x = jax.random.normal(jax.random.key(5), shape)
+    _assert_equals_flax_conv(StemConv(32, strides=strides, impl=impl), reference, x, seed=15)
 
 
 def test_stem_conv_on_the_cpu_is_a_matrix_product():
