@@ -5,7 +5,9 @@ generic loop (20-150x slower than oneDNN). Written as nine shifted multiply-adds
 operation fuses into a single elementwise loop and runs several times faster, forward and backward,
 with the same values. On GPU and TPU the native grouped convolution is the fast one.
 
-``depthwise_conv3x3(x, kernel, strides, impl)`` picks the form:
+``depthwise_conv3x3(x, kernel, strides, impl)`` picks the form (and ``conv3x3``, the stem's full
+3x3 convolution, picks between one matrix product over patches and XLA's convolution the same
+way):
 
 * ``"auto"`` (default): the shift-add form when compiled for the CPU, the native grouped convolution
   on every other platform. The choice is made per platform at lowering time
@@ -130,19 +132,64 @@ def _shift_backward(strides, residuals, g):
 depthwise_conv3x3_shift.defvjp(_shift_forward, _shift_backward)
 
 
+def _by_impl(impl: str, what: str, x, kernel, cpu, other):
+    """``cpu(x, kernel)`` or ``other(x, kernel)`` as ``impl`` says ("auto": by the platform
+    compiled for, chosen at lowering time with ``lax.platform_dependent``)."""
+    if impl == "shift":
+        return cpu(x, kernel)
+    if impl == "xla":
+        return other(x, kernel)
+    if impl == "auto":
+        return lax.platform_dependent(x, kernel, cpu=cpu, default=other)
+    raise ValueError(f"{what} impl must be one of {IMPLS}, got {impl!r}")
+
+
 def depthwise_conv3x3(x, kernel, strides: int = 1, impl: str = "auto"):
     """3x3 depthwise convolution, SAME padding. See the module docstring for ``impl``."""
     if strides not in (1, 2):
         raise ValueError(f"depthwise stride must be 1 or 2, got {strides}")
     if kernel.shape != (3, 3, 1, x.shape[-1]):
         raise ValueError(f"depthwise kernel must be (3, 3, 1, {x.shape[-1]}), got {kernel.shape}")
-    if impl == "shift":
-        return depthwise_conv3x3_shift(x, kernel, strides)
-    if impl == "xla":
-        return depthwise_conv3x3_xla(x, kernel, strides)
-    if impl == "auto":
-        return lax.platform_dependent(
-            x, kernel,
-            cpu=partial(depthwise_conv3x3_shift, strides=strides),
-            default=partial(depthwise_conv3x3_xla, strides=strides))
-    raise ValueError(f"depthwise impl must be one of {IMPLS}, got {impl!r}")
+    return _by_impl(impl, "depthwise", x, kernel,
+                    partial(depthwise_conv3x3_shift, strides=strides),
+                    partial(depthwise_conv3x3_xla, strides=strides))
+
+
+# ----------------------------------------------------------------------------------------------
+# The stem's full 3x3 convolution
+
+
+def conv3x3_as_dot(x, kernel, strides: int = 1):
+    """3x3 convolution with SAME padding as one matrix product over the image's patches.
+
+    ``x`` (B, H, W, C), ``kernel`` (3, 3, C, F) HWIO. The nine strided windows of the padded input
+    are stacked on the channel axis in HWIO order, (B, H', W', 9 C), and multiplied by the kernel
+    reshaped to (9 C, F). For the stem (C = 3) the patch array is small, and the filter gradient
+    becomes one product over (B * H' * W', 27) instead of the convolution over transposed copies
+    that XLA's CPU backend emits for a convolution's filter gradient.
+    """
+    b, h, w, c = x.shape
+    out_h, pad_h = _same_padding(h, strides)
+    out_w, pad_w = _same_padding(w, strides)
+    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    patches = jnp.concatenate([_window(xp, i, j, out_h, out_w, strides)
+                               for i in range(3) for j in range(3)], axis=-1)
+    y = lax.dot_general(patches.reshape(-1, 9 * c), kernel.reshape(9 * c, -1),
+                        (((1,), (0,)), ((), ())))
+    return y.reshape(b, out_h, out_w, kernel.shape[-1])
+
+
+def conv3x3_xla(x, kernel, strides: int = 1):
+    """XLA's convolution: (B, H, W, C), (3, 3, C, F) -> (B, H', W', F), SAME padding."""
+    return lax.conv_general_dilated(x, kernel, (strides, strides), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv3x3(x, kernel, strides: int = 1, impl: str = "auto"):
+    """3x3 convolution, SAME padding; ``impl`` as for :func:`depthwise_conv3x3` ("shift" and the
+    CPU under "auto": :func:`conv3x3_as_dot`; "xla" and other platforms: :func:`conv3x3_xla`)."""
+    if kernel.shape[:3] != (3, 3, x.shape[-1]):
+        raise ValueError(f"3x3 kernel must be (3, 3, {x.shape[-1]}, F), got {kernel.shape}")
+    return _by_impl(impl, "3x3 convolution", x, kernel,
+                    partial(conv3x3_as_dot, strides=strides),
+                    partial(conv3x3_xla, strides=strides))

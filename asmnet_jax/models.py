@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from asmnet_jax.depthwise import _same_padding, _window, depthwise_conv3x3
+from asmnet_jax.depthwise import conv3x3, depthwise_conv3x3
 from asmnet_jax.landmarks import check_num_landmarks
 
 Dtype = Any
@@ -103,37 +103,13 @@ class PointwiseConv(nn.Module):
         return y.reshape(*x.shape[:-1], self.features)
 
 
-def conv3x3_as_dot(x, kernel, strides: int):
-    """3x3 convolution with SAME padding as one matrix product over the image's patches.
-
-    ``x`` (B, H, W, C), ``kernel`` (3, 3, C, F) HWIO. The nine strided windows of the padded input
-    are stacked on the channel axis in HWIO order, (B, H', W', 9 C), and multiplied by the kernel
-    reshaped to (9 C, F). For the stem (C = 3) the patch array is small, and the filter gradient
-    becomes one product over (B * H' * W', 27) instead of the convolution over transposed copies
-    that XLA's CPU backend emits for a convolution's filter gradient.
-    """
-    b, h, w, c = x.shape
-    out_h, pad_h = _same_padding(h, strides)
-    out_w, pad_w = _same_padding(w, strides)
-    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    patches = jnp.concatenate([_window(xp, i, j, out_h, out_w, strides)
-                               for i in range(3) for j in range(3)], axis=-1)
-    y = lax.dot_general(patches.reshape(-1, 9 * c), kernel.reshape(9 * c, -1),
-                        (((1,), (0,)), ((), ())))
-    return y.reshape(b, out_h, out_w, kernel.shape[-1])
-
-
-def conv3x3_xla(x, kernel, strides: int):
-    return lax.conv_general_dilated(x, kernel, (strides, strides), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 class StemConv(nn.Module):
     """The stem's 3x3 convolution without bias; the parameter of ``nn.Conv`` (``kernel``, HWIO).
 
-    ``impl`` as for the depthwise convolution: ``"auto"`` computes it as a matrix product over
-    patches (:func:`conv3x3_as_dot`) when compiled for the CPU and as XLA's convolution elsewhere;
-    ``"shift"`` always as the product, ``"xla"`` always as the convolution. Same values.
+    ``impl`` is the model's ``depthwise_impl``: ``"auto"`` computes it as a matrix product over
+    patches (:func:`asmnet_jax.depthwise.conv3x3_as_dot`) when compiled for the CPU and as XLA's
+    convolution elsewhere; ``"shift"`` always as the product, ``"xla"`` always as the
+    convolution. Same values.
     """
 
     features: int
@@ -146,12 +122,7 @@ class StemConv(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", glorot_uniform, (3, 3, x.shape[-1], self.features),
                             self.param_dtype)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        as_dot = partial(conv3x3_as_dot, strides=self.strides)
-        as_conv = partial(conv3x3_xla, strides=self.strides)
-        if self.impl == "auto":
-            return lax.platform_dependent(x, kernel, cpu=as_dot, default=as_conv)
-        return (as_conv if self.impl == "xla" else as_dot)(x, kernel)
+        return conv3x3(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.impl)
 
 
 class BatchNorm(nn.Module):
@@ -209,11 +180,8 @@ class _Layers(nn.Module):
     bn_axis_name: Optional[str] = None
     bn_momentum: float = BN_MOMENTUM
 
-    def conv(self, features, kernel, strides=1, name=None):
-        if kernel == 1 and strides == 1:
-            return PointwiseConv(features, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
-        return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding="SAME",
-                       use_bias=False, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
+    def pointwise(self, features, name=None):
+        return PointwiseConv(features, kernel_init=glorot_uniform, dtype=self.dtype, name=name)
 
     def norm(self, train, name=None):
         return BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -233,11 +201,11 @@ class InvertedResidual(_Layers):
         in_channels = x.shape[-1]
         y = x
         if self.expansion != 1:
-            y = self.conv(in_channels * self.expansion, 1, name="expand")(y)
+            y = self.pointwise(in_channels * self.expansion, name="expand")(y)
             y = relu6(self.norm(train, name="expand_bn")(y))
         y = DepthwiseConv3x3(self.strides, self.depthwise_impl, self.dtype, name="depthwise")(y)
         y = relu6(self.norm(train, name="depthwise_bn")(y))
-        y = self.conv(self.features, 1, name="project")(y)
+        y = self.pointwise(self.features, name="project")(y)
         y = self.norm(train, name="project_bn")(y)
         if self.strides == 1 and in_channels == self.features:
             y = x + y
@@ -273,7 +241,7 @@ class MobileNetV2Backbone(_Layers):
             if index in self.taps:
                 tapped[index] = x
         if self.top_conv:
-            x = self.conv(TOP_CHANNELS, 1, name="top")(x)
+            x = self.pointwise(TOP_CHANNELS, name="top")(x)
             x = relu6(self.norm(train, name="top_bn")(x))
         return x, tapped
 

@@ -100,3 +100,12 @@ def test_bad_arguments_are_rejected():
         depthwise_conv3x3(x, jnp.ones((3, 3, 4, 1)), 1)
     with pytest.raises(ValueError, match="impl"):
         depthwise_conv3x3(x, jnp.ones((3, 3, 1, 4)), 1, "fast")
+
+
+def test_bad_arguments_to_the_full_3x3_convolution_are_rejected():
+    from asmnet_jax.depthwise import conv3x3
+    x = jnp.ones((1, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"3x3 convolution impl must be one of .*'fast'"):
+        conv3x3(x, jnp.ones((3, 3, 3, 8)), 2, "fast")
+    with pytest.raises(ValueError, match=r"kernel must be \(3, 3, 3, F\)"):
+        conv3x3(x, jnp.ones((3, 3, 4, 8)), 2)
