@@ -95,7 +95,8 @@ def reexec_with_thp() -> None:
 def status() -> str:
     """One line for the logs: whether malloc uses huge pages in this process, and how to change it."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables.split(":"):
+    setting = [t for t in tunables.split(":") if t.startswith("glibc.malloc.hugetlb=")]
+    if setting and setting[-1] != "glibc.malloc.hugetlb=0":
         return (f"glibc malloc uses transparent huge pages (GLIBC_TUNABLES={tunables}; "
                 f"{OPT_OUT}=0 turns this off)")
     return "glibc malloc without transparent huge pages"

@@ -156,3 +156,16 @@ def test_bench_gpu_on_cpu():
         assert result["forbidden_modules_loaded_torch"] == []
     else:
         assert "not available" in result["torch_error"]
+
+
+def test_bench_train_gives_both_sides_the_same_malloc_setting(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_train", EXPERIMENTS / "bench_train.py")
+    bench_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_train)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0")
+    thp = bench_train.child_env(2, "on", "thp")
+    assert thp["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert bench_train.child_env(2, "on", "default")["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert "GLIBC_TUNABLES" not in bench_train.child_env(2, "on", "default")
+    assert bench_train.parse_args([]).malloc == "thp"

@@ -71,3 +71,12 @@ def run_snippet(**env):
 def test_the_restart_keeps_the_arguments_and_sets_the_tunable():
     assert run_snippet() == "glibc.malloc.hugetlb=1 ['--flag', 'a b']"
     assert run_snippet(ASMNET_THP="0") == "None ['--flag', 'a b']"
+
+
+def test_status_reports_any_hugetlb_setting(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2")
+    assert hugepages.status().startswith("glibc malloc uses transparent huge pages")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert hugepages.status() == "glibc malloc without transparent huge pages"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert hugepages.status() == "glibc malloc without transparent huge pages"

@@ -7,6 +7,7 @@ persistent XLA cache (conftest) lets later runs reuse it.
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -175,6 +176,12 @@ def test_the_cli_runs_the_default_config_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["val_nme"] > 0 and summary["wall_s"] > 0
+    # asmnet-train restarts itself with glibc's huge-page tunable where that can work.
+    from asmnet_jax import hugepages
+    restarts = hugepages.thp_environment(os.environ, platform.system(), platform.libc_ver(),
+                                         hugepages.thp_mode()) is not None
+    assert ("glibc malloc uses transparent huge pages" in done.stderr) == restarts, \
+        done.stderr[-3000:]
     bad = subprocess.run(cmd + ["--config.num_landmark=98"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "num_landmark" in bad.stderr
