@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.head_l2 = 0.01              # L2 on both heads, Keras convention (0 disables)
     c.dropout_rate = 0.3          # ASMNet only
     c.dtype = "float32"           # compute dtype: "float32" or "bfloat16" (params stay float32)
-    c.depthwise_impl = "auto"     # "auto", "shift" or "xla" (asmnet_jax.depthwise)
+    c.depthwise_impl = "auto"     # "auto", "shift", "xla" or "mixed" (asmnet_jax.depthwise)
     # BN running-average momentum. Keras uses 0.999; its running variances then need thousands of
     # steps to leave their initial 1, while the depthwise layers' true variances start near 1e-3:
     # evaluation of a short run collapses. 0.9 as in Flax's ImageNet example.

@@ -3,17 +3,24 @@
 XLA compiles ``lax.conv_general_dilated(..., feature_group_count=C)`` on the CPU into a slow
 generic loop (20-150x slower than oneDNN). Written as nine shifted multiply-adds, the same
 operation fuses into a single elementwise loop and runs several times faster, forward and backward,
-with the same values. On GPU and TPU the native grouped convolution is the fast one.
+with the same values. On GPU the native grouped convolution (cuDNN) is the fast one in bfloat16;
+in float32, XLA's autotuner picks cuDNN's slow generic grouped kernel for some of ASMNet's layers
+(the 384-channel 14 x 14 ones and a stride-2 one: 9 of 32 forward and input-gradient
+convolutions, 23 % of the float32 step on an H200), and the shift-add forward and input gradient
+with cuDNN's filter gradient run the step 21 % faster (experiments/RESULTS.md).
 
 ``depthwise_conv3x3(x, kernel, strides, impl)`` picks the form (and ``conv3x3``, the stem's full
 3x3 convolution, picks between one matrix product over patches and XLA's convolution the same
 way):
 
-* ``"auto"`` (default): the shift-add form when compiled for the CPU, the native grouped convolution
-  on every other platform. The choice is made per platform at lowering time
-  (``lax.platform_dependent``), so one traced function serves both.
+* ``"auto"`` (default): chosen per platform at lowering time (``lax.platform_dependent``), so one
+  traced function serves all: the shift-add form on the CPU; on CUDA GPUs ``"mixed"`` in float32
+  and the native grouped convolution in other dtypes; the native grouped convolution elsewhere
+  (:func:`auto_forms`).
 * ``"shift"``: always the shift-add form.
 * ``"xla"``: always ``lax.conv_general_dilated`` with ``feature_group_count``.
+* ``"mixed"``: the shift-add forward and input gradient, XLA's convolution for the filter gradient
+  (the stem's convolution: XLA's).
 
 Layouts: ``x`` is NHWC, ``kernel`` is (3, 3, 1, C) (HWIO with one input channel per group, the
 layout of ``flax.linen.Conv(feature_group_count=C)``). Padding is XLA ``SAME``, which equals the
@@ -25,10 +32,11 @@ from __future__ import annotations
 
 from functools import partial
 
+import jax
 import jax.numpy as jnp
 from jax import custom_vjp, lax
 
-IMPLS = ("auto", "shift", "xla")
+IMPLS = ("auto", "shift", "xla", "mixed")
 
 
 def _same_padding(size: int, stride: int, kernel: int = 3):
@@ -96,14 +104,16 @@ def _shift_forward(x, kernel, strides):
     return depthwise_conv3x3_shift_autodiff(x, kernel, strides), (x, kernel)
 
 
-def _shift_backward(strides, residuals, g):
-    x, kernel = residuals
-    _, h, w, _ = x.shape
+def _shift_input_grad(x_shape, kernel, g, strides):
+    """The input gradient of the shift-add form: the transposed convolution, itself a shift-add.
+
+    dx[u] = sum_i gd[u + pad_lo - i] k[i], gd = g dilated by the stride; with i' = 2 - i that is a
+    stride-1 valid shift-add over gd padded by 2 - pad_lo in front (one fused loop).
+    """
+    _, h, w, _ = x_shape
     out_h, pad_h = _same_padding(h, strides)
     out_w, pad_w = _same_padding(w, strides)
-    g = g.astype(x.dtype)
-    # Input gradient. dx[u] = sum_i gd[u + pad_lo - i] k[i], gd = g dilated by the stride; with
-    # i' = 2 - i that is a stride-1 valid shift-add over gd padded by 2 - pad_lo in front.
+
     def dilated_padding(size, out, pad):
         low = 2 - pad[0]
         return (low, size + 2 - low - ((out - 1) * strides + 1), strides - 1)
@@ -111,8 +121,17 @@ def _shift_backward(strides, residuals, g):
     gp = lax.pad(g, jnp.zeros((), g.dtype),
                  ((0, 0, 0), dilated_padding(h, out_h, pad_h), dilated_padding(w, out_w, pad_w),
                   (0, 0, 0)))
-    flipped = kernel[::-1, ::-1, 0, :].astype(x.dtype)
-    dx = _shift_add(gp, flipped, h, w, 1)
+    flipped = kernel[::-1, ::-1, 0, :].astype(g.dtype)
+    return _shift_add(gp, flipped, h, w, 1)
+
+
+def _shift_backward(strides, residuals, g):
+    x, kernel = residuals
+    _, h, w, _ = x.shape
+    out_h, pad_h = _same_padding(h, strides)
+    out_w, pad_w = _same_padding(w, strides)
+    g = g.astype(x.dtype)
+    dx = _shift_input_grad(x.shape, kernel, g, strides)
     # Kernel gradient: dk[i, j] = sum over (b, o, p) of xp[b, s*o + i, s*p + j] * g[b, o, p].
     # The nine sums are one variadic reduction over p (a single fused loop over xp and g that
     # never materialises the windows), then nine small sums over (b, o).
@@ -132,16 +151,38 @@ def _shift_backward(strides, residuals, g):
 depthwise_conv3x3_shift.defvjp(_shift_forward, _shift_backward)
 
 
-def _by_impl(impl: str, what: str, x, kernel, cpu, other):
-    """``cpu(x, kernel)`` or ``other(x, kernel)`` as ``impl`` says ("auto": by the platform
-    compiled for, chosen at lowering time with ``lax.platform_dependent``)."""
-    if impl == "shift":
-        return cpu(x, kernel)
-    if impl == "xla":
-        return other(x, kernel)
+@partial(custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv3x3_mixed(x, kernel, strides: int = 1):
+    """The shift-add forward and input gradient, with the filter gradient by XLA's convolution.
+
+    Same values as :func:`depthwise_conv3x3_shift` and :func:`depthwise_conv3x3_xla` up to float
+    rounding.
+    """
+    return depthwise_conv3x3_shift_autodiff(x, kernel, strides)
+
+
+def _mixed_backward(strides, residuals, g):
+    x, kernel = residuals
+    g = g.astype(x.dtype)
+    dx = _shift_input_grad(x.shape, kernel, g, strides)
+    _, kernel_vjp = jax.vjp(lambda k: depthwise_conv3x3_xla(x, k.astype(x.dtype), strides), kernel)
+    (dk,) = kernel_vjp(g)
+    return dx, dk.astype(kernel.dtype)
+
+
+depthwise_conv3x3_mixed.defvjp(_shift_forward, _mixed_backward)
+
+
+def _by_impl(impl: str, what: str, x, kernel, forms: dict, auto: dict):
+    """``forms[impl](x, kernel)``; for ``"auto"``, the form that ``auto`` names for the platform
+    compiled for (its ``"default"`` entry for the others), chosen at lowering time with
+    ``lax.platform_dependent``."""
     if impl == "auto":
-        return lax.platform_dependent(x, kernel, cpu=cpu, default=other)
-    raise ValueError(f"{what} impl must be one of {IMPLS}, got {impl!r}")
+        return lax.platform_dependent(x, kernel,
+                                      **{platform: forms[name] for platform, name in auto.items()})
+    if impl not in forms:
+        raise ValueError(f"{what} impl must be one of {IMPLS}, got {impl!r}")
+    return forms[impl](x, kernel)
 
 
 def depthwise_conv3x3(x, kernel, strides: int = 1, impl: str = "auto"):
@@ -150,9 +191,16 @@ def depthwise_conv3x3(x, kernel, strides: int = 1, impl: str = "auto"):
         raise ValueError(f"depthwise stride must be 1 or 2, got {strides}")
     if kernel.shape != (3, 3, 1, x.shape[-1]):
         raise ValueError(f"depthwise kernel must be (3, 3, 1, {x.shape[-1]}), got {kernel.shape}")
-    return _by_impl(impl, "depthwise", x, kernel,
-                    partial(depthwise_conv3x3_shift, strides=strides),
-                    partial(depthwise_conv3x3_xla, strides=strides))
+    forms = {"shift": partial(depthwise_conv3x3_shift, strides=strides),
+             "xla": partial(depthwise_conv3x3_xla, strides=strides),
+             "mixed": partial(depthwise_conv3x3_mixed, strides=strides)}
+    return _by_impl(impl, "depthwise", x, kernel, forms, auto=auto_forms(x.dtype))
+
+
+def auto_forms(dtype) -> dict:
+    """What ``"auto"`` picks for a depthwise convolution computed in ``dtype``, per platform."""
+    on_cuda = "mixed" if jnp.dtype(dtype) == jnp.float32 else "xla"
+    return {"cpu": "shift", "cuda": on_cuda, "default": "xla"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,9 +235,11 @@ def conv3x3_xla(x, kernel, strides: int = 1):
 
 def conv3x3(x, kernel, strides: int = 1, impl: str = "auto"):
     """3x3 convolution, SAME padding; ``impl`` as for :func:`depthwise_conv3x3` ("shift" and the
-    CPU under "auto": :func:`conv3x3_as_dot`; "xla" and other platforms: :func:`conv3x3_xla`)."""
+    CPU under "auto": :func:`conv3x3_as_dot`; "xla", "mixed" and other platforms:
+    :func:`conv3x3_xla`)."""
     if kernel.shape[:3] != (3, 3, x.shape[-1]):
         raise ValueError(f"3x3 kernel must be (3, 3, {x.shape[-1]}, F), got {kernel.shape}")
+    as_dot, xla = partial(conv3x3_as_dot, strides=strides), partial(conv3x3_xla, strides=strides)
     return _by_impl(impl, "3x3 convolution", x, kernel,
-                    partial(conv3x3_as_dot, strides=strides),
-                    partial(conv3x3_xla, strides=strides))
+                    {"shift": as_dot, "xla": xla, "mixed": xla},
+                    auto={"cpu": "shift", "default": "xla"})

@@ -108,8 +108,8 @@ class StemConv(nn.Module):
 
     ``impl`` is the model's ``depthwise_impl``: ``"auto"`` computes it as a matrix product over
     patches (:func:`asmnet_jax.depthwise.conv3x3_as_dot`) when compiled for the CPU and as XLA's
-    convolution elsewhere; ``"shift"`` always as the product, ``"xla"`` always as the
-    convolution. Same values.
+    convolution elsewhere; ``"shift"`` always as the product, ``"xla"`` and ``"mixed"`` always
+    as the convolution. Same values.
     """
 
     features: int

@@ -3,8 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asmnet_jax.depthwise import (depthwise_conv3x3, depthwise_conv3x3_shift,
-                                  depthwise_conv3x3_shift_autodiff, depthwise_conv3x3_xla)
+from asmnet_jax.depthwise import (depthwise_conv3x3, depthwise_conv3x3_mixed,
+                                  depthwise_conv3x3_shift, depthwise_conv3x3_shift_autodiff,
+                                  depthwise_conv3x3_xla)
 
 
 def _relative_error(a, b):
@@ -12,14 +13,16 @@ def _relative_error(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
+@pytest.mark.parametrize("form", [depthwise_conv3x3_shift, depthwise_conv3x3_mixed],
+                         ids=["shift", "mixed"])
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("shape", [(2, 16, 16, 8), (3, 15, 9, 5)])
-def test_shift_add_equals_grouped_conv_values_and_gradients(strides, shape):
+def test_shift_add_equals_grouped_conv_values_and_gradients(form, strides, shape):
     kx, kw, kg = jax.random.split(jax.random.key(strides), 3)
     x = jax.random.normal(kx, shape)
     w = jax.random.normal(kw, (3, 3, 1, shape[-1]))
     y_ref = depthwise_conv3x3_xla(x, w, strides)
-    y = depthwise_conv3x3_shift(x, w, strides)
+    y = form(x, w, strides)
     assert y.shape == y_ref.shape
     assert _relative_error(y, y_ref) <= 1e-5
 
@@ -28,7 +31,7 @@ def test_shift_add_equals_grouped_conv_values_and_gradients(strides, shape):
     def grads(fn):
         return jax.grad(lambda x, w: jnp.sum(fn(x, w, strides) * cotangent), argnums=(0, 1))(x, w)
 
-    for g, g_ref in zip(grads(depthwise_conv3x3_shift), grads(depthwise_conv3x3_xla)):
+    for g, g_ref in zip(grads(form), grads(depthwise_conv3x3_xla)):
         assert g.shape == g_ref.shape
         assert _relative_error(g, g_ref) <= 1e-5
 
@@ -90,6 +93,25 @@ def test_auto_picks_the_shift_add_form_on_cpu():
     assert "convolution" not in hlo("auto")
     np.testing.assert_allclose(depthwise_conv3x3(x, w, 1, "auto"),
                                depthwise_conv3x3_xla(x, w, 1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, platform, convolutions", [
+    ("float32", "cuda", 1),    # "mixed": only the filter gradient is a convolution
+    ("bfloat16", "cuda", 2),   # cuDNN: input and filter gradients
+    ("float32", "tpu", 2),
+    ("float32", "cpu", 0),     # the shift-add form
+])
+def test_auto_form_per_platform_and_dtype(dtype, platform, convolutions):
+    """What "auto" lowers to, read from the StableHLO exported for each platform (no device
+    needed): the convolutions in the gradient of a stride-2 depthwise convolution."""
+    from jax import export
+
+    x = jnp.ones((1, 8, 8, 4), dtype)
+    w = jnp.ones((3, 3, 1, 4), dtype)
+    grad = jax.jit(jax.grad(
+        lambda x, w: jnp.sum(depthwise_conv3x3(x, w, 2).astype(jnp.float32)), argnums=(0, 1)))
+    module = export.export(grad, platforms=(platform,))(x, w).mlir_module()
+    assert module.count("stablehlo.convolution") == convolutions
 
 
 def test_bad_arguments_are_rejected():
