@@ -89,6 +89,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-landmarks", type=int, default=68, choices=(68, 98))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--depthwise-impl", default="auto", choices=("auto", "shift", "xla", "mixed"),
+                        help="the JAX model's depthwise_impl (auto: the native grouped "
+                             "convolution on GPU; shift: nine shifted multiply-adds)")
     parser.add_argument("--no-compile", action="store_true", help="PyTorch eager, no torch.compile")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode (default: its default mode)")
@@ -98,6 +101,12 @@ def parse_args(argv=None):
                         help="seconds for the whole run, after which a child still running is "
                              "stopped (default: 450 where an NVIDIA GPU is present, else none; "
                              "0: none)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="after timing the first dtype, trace --profile-steps more steps of "
+                             "each side into DIR: JAX's profiler trace as "
+                             "jax_<dtype>.xplane.pb, PyTorch's kernel table as "
+                             "torch_<dtype>_kernels.txt")
+    parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: child mode
     return parser.parse_args(argv)
 
@@ -201,7 +210,8 @@ def run_jax(args):
 
     def measure(dtype):  # a function, so that its buffers are freed before the next dtype
         model = create_model("asmnet", args.num_landmarks, dtype=getattr(jnp, dtype),
-                             bn_axis_name=steps_lib.DATA_AXIS)
+                             bn_axis_name=steps_lib.DATA_AXIS,
+                             depthwise_impl=args.depthwise_impl)
         optimizer = optax.adam(LEARNING_RATE)
         state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), args.size)
         if dtype == args.dtypes[0]:
@@ -221,9 +231,56 @@ def run_jax(args):
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
         report("jax", dtype, img_s, rates, warmup_s, float(holder["metrics"]["total"]))
+        if args.profile and dtype == args.dtypes[0]:
+            try:  # a profiler that fails must not cost the numbers still to come
+                profile_jax(run_steps, sync, dtype, args)
+            except Exception as error:  # noqa: BLE001
+                say(f"jax: profiling failed: {type(error).__name__}: {error}")
 
     for dtype in args.dtypes:
         measure(dtype)
+
+
+def profile_jax(run_steps, sync, dtype, args):
+    """Traces ``args.profile_steps`` steps with JAX's profiler; keeps the one .xplane.pb file (the
+    trace directory is nested deeper than a lent machine's $OUT returns)."""
+    import glob
+    import shutil
+    import tempfile
+
+    import jax
+
+    os.makedirs(args.profile, exist_ok=True)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            run_steps(args.profile_steps)
+            sync()
+        found = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if not found:
+            say(f"jax: the profiler wrote no .xplane.pb under {trace_dir}")
+            return
+        target = os.path.join(args.profile, f"jax_{dtype}.xplane.pb")
+        shutil.copyfile(found[0], target)
+    say(f"jax: {args.profile_steps} {dtype} steps traced to {target}")
+
+
+def profile_torch(run_steps, sync, dtype, args):
+    """Profiles ``args.profile_steps`` steps with PyTorch's profiler; writes the operator and
+    kernel table sorted by device time."""
+    import torch
+
+    os.makedirs(args.profile, exist_ok=True)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        run_steps(args.profile_steps)
+        sync()
+    sort_by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    target = os.path.join(args.profile, f"torch_{dtype}_kernels.txt")
+    with open(target, "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort_by, row_limit=60, max_name_column_width=90))
+    say(f"torch: {args.profile_steps} {dtype} steps profiled to {target}")
 
 
 def report(framework, dtype, img_s, rates, warmup_s, loss):
@@ -371,6 +428,11 @@ def run_torch(args):
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
         report("torch", dtype, img_s, rates, warmup_s, float(holder["loss"].detach()))
+        if args.profile and dtype == args.dtypes[0]:
+            try:  # a profiler that fails must not cost the numbers still to come
+                profile_torch(run_steps, sync, dtype, args)
+            except Exception as error:  # noqa: BLE001
+                say(f"torch: profiling failed: {type(error).__name__}: {error}")
 
     for dtype in args.dtypes:
         measure(dtype)
@@ -488,6 +550,7 @@ def main(argv=None):
     result = {"batch": args.batch, "size": args.size, "steps": args.steps,
               "repeats": args.repeats, "warmup": args.warmup, "num_landmarks": args.num_landmarks,
               "dtypes": args.dtypes, "torch_compile": not args.no_compile,
+              "depthwise_impl": args.depthwise_impl,
               "time_limit_s": args.time_limit or None,
               "python": platform.python_version(), "platform": platform.platform(),
               "cpu_count": os.cpu_count(),
