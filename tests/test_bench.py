@@ -138,10 +138,13 @@ def test_bench_train_tf_side():
     _check_counts(result["params_tf"])
 
 
-def test_bench_gpu_on_cpu():
-    """The GPU benchmark's CPU smoke test: JAX float32 (and PyTorch eager where installed)."""
+def test_bench_gpu_on_cpu(tmp_path):
+    """The GPU benchmark's CPU smoke test: JAX float32 (and PyTorch eager where installed), with
+    the profiles it writes."""
     result = run_script("bench_gpu.py", *TINY, "--repeats", "1", "--no-compile",
-                        "--dtypes", "float32")
+                        "--dtypes", "float32", "--profile", str(tmp_path), "--profile-steps", "1")
+    assert result["depthwise_impl"] == "auto"
+    assert (tmp_path / "jax_float32.xplane.pb").stat().st_size > 0
     for key in ("train_img_s_jax_float32", "train_img_s_torch_float32",
                 "ratio_jax_over_torch_float32", "bf16_reaches_target", "bf16_target_img_s",
                 "params_jax", "params_equal", "jax_version", "date"):
@@ -154,6 +157,7 @@ def test_bench_gpu_on_cpu():
         assert result["ratio_jax_over_torch_float32"] > 0
         assert result["params_equal"] is True
         assert result["forbidden_modules_loaded_torch"] == []
+        assert "Self CPU" in (tmp_path / "torch_float32_kernels.txt").read_text()
     else:
         assert "not available" in result["torch_error"]
 
