@@ -21,6 +21,11 @@ What is timed, for each compute dtype (``bfloat16`` first, it is the headline, t
   pixel, which does not matter for a speed test.
 * Float32 convolutions and matmuls may use TF32 on both sides (JAX's default precision on GPU;
   ``torch.set_float32_matmul_precision('high')`` and cudnn's default in PyTorch).
+* ``--depthwise-impl`` sets the JAX model's depthwise form (``asmnet_jax.depthwise``; default
+  ``auto``: on CUDA, cuDNN's grouped convolution in bf16 and the ``mixed`` form in float32).
+* ``--profile DIR`` traces a few more steps of the first dtype on each side after its timing: JAX's
+  ``jax_<dtype>.xplane.pb`` (read it with TensorBoard's profile plugin or the XPlane protobuf) and
+  PyTorch's operator and kernel table ``torch_<dtype>_kernels.txt``.
 
 The input batch is uint8 NHWC images (as the input pipeline delivers them), float32 landmarks and
 pose, already on the device; both steps convert the images to [0, 1] inside. Throughput is
