@@ -31,6 +31,7 @@ from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config
 from asmnet_jax.data import augment, examples, geometry, pipeline
+from asmnet_jax.depthwise import IMPLS
 from asmnet_jax.models import MODELS, create_model
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {sorted(DTYPES)}")
     require(config.dtype != "float64" or jax.config.jax_enable_x64, "dtype",
             "float64 needs 64-bit JAX (JAX_ENABLE_X64=1)")
+    require(config.depthwise_impl in IMPLS, "depthwise_impl",
+            f"{config.depthwise_impl!r} is not one of {IMPLS}")
     require(config.optimizer.schedule in SCHEDULES, "optimizer.schedule",
             f"{config.optimizer.schedule!r} is not one of {SCHEDULES}")
     require(config.optimizer.name in ("adam", "adamw", "sgd"), "optimizer.name",

@@ -60,6 +60,7 @@ def _max_difference(a, b):
     ("input_size", 40, "multiple of 32"),
     ("optimizer.schedule", "linear", "optimizer.schedule"),
     ("model", "resnet", "config.model"),
+    ("depthwise_impl", "fast", r"config.depthwise_impl: 'fast' is not one of"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
     c = tiny_config(dataset="w300") if key == "num_landmarks" else tiny_config()
