@@ -53,6 +53,18 @@ def _glibc_version(libc: Tuple[str, str]) -> Optional[Tuple[int, ...]]:
         return None
 
 
+def _hugetlb_settings(tunables: str) -> list:
+    """The ``glibc.malloc.hugetlb=...`` entries of a ``GLIBC_TUNABLES`` value."""
+    return [t for t in tunables.split(":") if t.startswith("glibc.malloc.hugetlb=")]
+
+
+def with_hugetlb(tunables: str, enabled: bool) -> str:
+    """``tunables`` (a ``GLIBC_TUNABLES`` value) with any ``glibc.malloc.hugetlb`` entry replaced
+    by :data:`TUNABLE` when ``enabled``, or removed otherwise; the other entries are kept."""
+    kept = [t for t in tunables.split(":") if t and t not in _hugetlb_settings(tunables)]
+    return ":".join(kept + [TUNABLE] if enabled else kept)
+
+
 def thp_environment(environ: Mapping[str, str], system: str, libc: Tuple[str, str],
                     mode: Optional[str]) -> Optional[dict]:
     """The environment to restart with, or None when the process should go on as it is."""
@@ -60,8 +72,8 @@ def thp_environment(environ: Mapping[str, str], system: str, libc: Tuple[str, st
         return None
     if environ.get(MARKER):
         return None
-    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
-    if any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if _hugetlb_settings(tunables):
         return None
     version = _glibc_version(libc)
     if system != "Linux" or version is None or version < MIN_GLIBC:
@@ -69,7 +81,7 @@ def thp_environment(environ: Mapping[str, str], system: str, libc: Tuple[str, st
     if mode not in ("always", "madvise"):
         return None
     env = dict(environ)
-    env["GLIBC_TUNABLES"] = ":".join(tunables + [TUNABLE])
+    env["GLIBC_TUNABLES"] = with_hugetlb(tunables, enabled=True)
     env[MARKER] = "1"
     return env
 
@@ -95,7 +107,7 @@ def reexec_with_thp() -> None:
 def status() -> str:
     """One line for the logs: whether malloc uses huge pages in this process, and how to change it."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    setting = [t for t in tunables.split(":") if t.startswith("glibc.malloc.hugetlb=")]
+    setting = _hugetlb_settings(tunables)
     if setting and setting[-1] != "glibc.malloc.hugetlb=0":
         return (f"glibc malloc uses transparent huge pages (GLIBC_TUNABLES={tunables}; "
                 f"{OPT_OUT}=0 turns this off)")

@@ -312,13 +312,12 @@ def run_tf(args):
 
 
 def child_env(threads, tf_onednn="on", malloc="default"):
+    from asmnet_jax.hugepages import with_hugetlb
+
     env = dict(os.environ)
-    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
-                if t and not t.startswith("glibc.malloc.hugetlb=")]
-    if malloc == "thp":
-        tunables.append("glibc.malloc.hugetlb=1")
+    tunables = with_hugetlb(env.pop("GLIBC_TUNABLES", ""), enabled=malloc == "thp")
     if tunables:
-        env["GLIBC_TUNABLES"] = ":".join(tunables)
+        env["GLIBC_TUNABLES"] = tunables
     # Measured on this CPU (2026-11-28): TF_ENABLE_ONEDNN_OPTS=1 doubles TF's training throughput
     # (23-25 against 11.5 img/s) but makes its batch-1 inference take 430-750 ms instead of
     # 15-20 ms; so --tf-onednn chooses, and RESULTS.md reports both. OpenMP/MKL variables are

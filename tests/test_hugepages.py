@@ -25,6 +25,15 @@ def test_adds_the_tunable_and_the_marker_and_keeps_the_rest():
     assert env_for({}, mode="always") is not None
 
 
+def test_with_hugetlb_replaces_or_removes_only_the_hugetlb_entry():
+    assert hugepages.with_hugetlb("", True) == hugepages.TUNABLE
+    assert hugepages.with_hugetlb("", False) == ""
+    mixed = "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0:glibc.mem.tagging=1"
+    assert (hugepages.with_hugetlb(mixed, True)
+            == "glibc.malloc.arena_max=2:glibc.mem.tagging=1:" + hugepages.TUNABLE)
+    assert hugepages.with_hugetlb(mixed, False) == "glibc.malloc.arena_max=2:glibc.mem.tagging=1"
+
+
 @pytest.mark.parametrize("environ", [
     {"ASMNET_THP": "0"}, {"ASMNET_THP": "off"}, {"ASMNET_THP": "False"},
     {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},  # the user's own choice stays
