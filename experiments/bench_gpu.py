@@ -85,6 +85,8 @@ FORBIDDEN_MODULES = ("tensorflow", "ml_collections", "tf_keras", "keras")
 
 
 def parse_args(argv=None):
+    from asmnet_jax.depthwise import IMPLS  # imports jax alone, no device is touched
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
@@ -94,9 +96,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-landmarks", type=int, default=68, choices=(68, 98))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
-    parser.add_argument("--depthwise-impl", default="auto", choices=("auto", "shift", "xla", "mixed"),
-                        help="the JAX model's depthwise_impl (auto: the native grouped "
-                             "convolution on GPU; shift: nine shifted multiply-adds)")
+    parser.add_argument("--depthwise-impl", default="auto", choices=IMPLS,
+                        help="the JAX model's depthwise_impl (asmnet_jax.depthwise; auto on CUDA: "
+                             "cuDNN's grouped convolution in bf16, 'mixed' in float32)")
     parser.add_argument("--no-compile", action="store_true", help="PyTorch eager, no torch.compile")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode (default: its default mode)")
@@ -236,14 +238,21 @@ def run_jax(args):
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
         report("jax", dtype, img_s, rates, warmup_s, float(holder["metrics"]["total"]))
-        if args.profile and dtype == args.dtypes[0]:
-            try:  # a profiler that fails must not cost the numbers still to come
-                profile_jax(run_steps, sync, dtype, args)
-            except Exception as error:  # noqa: BLE001
-                say(f"jax: profiling failed: {type(error).__name__}: {error}")
+        profile_first_dtype("jax", profile_jax, run_steps, sync, dtype, args)
 
     for dtype in args.dtypes:
         measure(dtype)
+
+
+def profile_first_dtype(side, profiler, run_steps, sync, dtype, args):
+    """Runs ``profiler`` after the first dtype's timing when ``--profile`` asks for it. A profiler
+    that fails only prints: it must not cost the numbers still to come."""
+    if not args.profile or dtype != args.dtypes[0]:
+        return
+    try:
+        profiler(run_steps, sync, dtype, args)
+    except Exception as error:  # noqa: BLE001
+        say(f"{side}: profiling failed: {type(error).__name__}: {error}")
 
 
 def profile_jax(run_steps, sync, dtype, args):
@@ -433,11 +442,7 @@ def run_torch(args):
 
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
         report("torch", dtype, img_s, rates, warmup_s, float(holder["loss"].detach()))
-        if args.profile and dtype == args.dtypes[0]:
-            try:  # a profiler that fails must not cost the numbers still to come
-                profile_torch(run_steps, sync, dtype, args)
-            except Exception as error:  # noqa: BLE001
-                say(f"torch: profiling failed: {type(error).__name__}: {error}")
+        profile_first_dtype("torch", profile_torch, run_steps, sync, dtype, args)
 
     for dtype in args.dtypes:
         measure(dtype)

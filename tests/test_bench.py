@@ -138,6 +138,24 @@ def test_bench_train_tf_side():
     _check_counts(result["params_tf"])
 
 
+def test_a_failing_profiler_only_prints_and_runs_for_the_first_dtype_alone(capsys):
+    bench_gpu = _load("bench_gpu")
+    calls = []
+
+    def profiler(run_steps, sync, dtype, args):
+        calls.append(dtype)
+        raise RuntimeError("no CUPTI")
+
+    args = bench_gpu.parse_args(["--profile", "somewhere"])
+    for dtype in args.dtypes:
+        bench_gpu.profile_first_dtype("jax", profiler, None, None, dtype, args)
+    assert calls == [args.dtypes[0]]
+    assert "jax: profiling failed: RuntimeError: no CUPTI" in capsys.readouterr().out
+    bench_gpu.profile_first_dtype("jax", profiler, None, None, args.dtypes[0],
+                                  bench_gpu.parse_args([]))
+    assert calls == [args.dtypes[0]]  # no --profile: not called
+
+
 def test_bench_gpu_on_cpu(tmp_path):
     """The GPU benchmark's CPU smoke test: JAX float32 (and PyTorch eager where installed), with
     the profiles it writes."""
