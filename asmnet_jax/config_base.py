@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_landmarks = 68
     c.asm_loss = True             # False: plain MSE (ASMNet_nr, mnv2)
     c.asm_variance = 0.90         # PCA accuracy of the shape model (paper's sweep: 0.80 .. 0.97)
+    c.landmark_loss = "l2"        # "l2" (the paper's squared error) or "l1" (absolute error)
     c.head_l2 = 0.01              # L2 on both heads, Keras convention (0 disables)
     c.dropout_rate = 0.3          # ASMNet only
     c.dtype = "float32"           # compute dtype: "float32" or "bfloat16" (params stay float32)
@@ -30,6 +31,17 @@ def base_config() -> ml_collections.ConfigDict:
     # biases set to the training set's mean landmarks and pose): regression targets of std ~0.1
     # are then not swamped by initial outputs of std ~1, which Adam needs ~100 steps to shrink.
     c.head_init = "mean"
+    # Starting weights of a fresh run (asmnet_jax/init.py): "scratch", "imagenet" (the Keras
+    # MobileNetV2 ImageNet file; init_path "" = Keras' cache, ~/.keras/models) or "checkpoint"
+    # (init_path: a training workdir, WORKDIR/checkpoints/STEP or a model directory).
+    c.init = "scratch"
+    c.init_path = ""
+    # BN re-estimation over this many training crops before training from ImageNet weights
+    # (needed for files whose BNs are folded into the convolutions; 0 = off).
+    c.init_bn_images = 512
+    # "unit": the stem sees the [0, 1] images (the authors' models); "signed": the model maps
+    # them to [-1, 1] first, the range ImageNet MobileNetV2 was trained on (init="imagenet").
+    c.input_range = "unit"
 
     # Data.
     c.dataset = "synthetic"       # "synthetic", "w300" or "wflw" (TFDS, built by asmnet-build-data)
@@ -64,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Logging, evaluation, checkpoints.
     c.log_every_steps = 20
     c.eval_every_epochs = 1
+    # Also report the validation NME with test-time flip averaging after the last step
+    # (val_nme_flip in metrics.json; one more compilation).
+    c.final_flip_eval = False
     c.checkpoint_every_epochs = 1
     c.keep_checkpoints = 3        # the latest K are kept, plus the best by validation NME
     c.progress_bar = True

@@ -1,6 +1,8 @@
 """ASMNet and the MobileNetV2 baseline as Flax Linen modules.
 
-Both models take RGB images in [0, 1], shape (B, H, W, 3) with H and W divisible by 32, and return
+Both models take RGB images in [0, 1], shape (B, H, W, 3) with H and W divisible by 32 (with
+``input_range="signed"`` they map them to [-1, 1] before the stem, as ImageNet MobileNetV2 expects),
+and return
 ``(landmarks, pose)``: (B, 2n) landmark coordinates and (B, 3) yaw/pitch/roll, in the conventions of
 :mod:`asmnet_jax.landmarks`. Outputs are float32 whatever the compute dtype.
 
@@ -250,8 +252,23 @@ def _global_average_pool(x):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
+#: How a model scales its [0, 1] input images before the stem (``input_range``): ``"unit"`` keeps
+#: them (the authors' models), ``"signed"`` maps them to [-1, 1] (ImageNet MobileNetV2 weights).
+INPUT_RANGES = ("unit", "signed")
+
+
+def scale_input(images, input_range: str):
+    """[0, 1] images -> the range the stem expects (see :data:`INPUT_RANGES`)."""
+    if input_range == "unit":
+        return images
+    if input_range == "signed":
+        return images * 2.0 - 1.0
+    raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
+
+
 class _LandmarkPoseModel(_Layers):
     num_landmarks: int = 68
+    input_range: str = "unit"
 
     def heads(self, features):
         """(B, F) float32 features -> (landmarks (B, 2n), pose (B, 3)), float32."""
@@ -272,7 +289,8 @@ class ASMNet(_LandmarkPoseModel):
         _, tapped = MobileNetV2Backbone(
             num_blocks=ASMNET_TAPS[-1] + 1, top_conv=False, taps=ASMNET_TAPS, dtype=self.dtype,
             depthwise_impl=self.depthwise_impl, bn_axis_name=self.bn_axis_name,
-            bn_momentum=self.bn_momentum, name="backbone")(images, train)
+            bn_momentum=self.bn_momentum, name="backbone")(
+                scale_input(images, self.input_range), train)
         features = jnp.concatenate([_global_average_pool(tapped[i]) for i in ASMNET_TAPS], axis=-1)
         features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
         return self.heads(features)
@@ -285,7 +303,8 @@ class MobileNetV2Baseline(_LandmarkPoseModel):
     def __call__(self, images, train: bool = False):
         x, _ = MobileNetV2Backbone(
             dtype=self.dtype, depthwise_impl=self.depthwise_impl, bn_axis_name=self.bn_axis_name,
-            bn_momentum=self.bn_momentum, name="backbone")(images, train)
+            bn_momentum=self.bn_momentum, name="backbone")(
+                scale_input(images, self.input_range), train)
         return self.heads(_global_average_pool(x))
 
 

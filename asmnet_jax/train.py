@@ -10,6 +10,7 @@ optimizer state, RNG and data position) and continues exactly as if it had never
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,13 +27,15 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
 
 from asmnet_jax import landmarks as lm
+from asmnet_jax import init as init_lib
 from asmnet_jax import metrics
 from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config
 from asmnet_jax.data import augment, examples, geometry, pipeline
 from asmnet_jax.depthwise import IMPLS
-from asmnet_jax.models import MODELS, create_model
+from asmnet_jax.losses import LANDMARK_LOSSES
+from asmnet_jax.models import INPUT_RANGES, MODELS, create_model
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(config.head_init in ("keras", "mean"), "head_init",
             f"{config.head_init!r} is not keras or mean")
     require(0.0 <= config.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
+    require(config.landmark_loss in LANDMARK_LOSSES, "landmark_loss",
+            f"{config.landmark_loss!r} is not one of {LANDMARK_LOSSES}")
+    require(config.input_range in INPUT_RANGES, "input_range",
+            f"{config.input_range!r} is not one of {INPUT_RANGES}")
+    require(config.init in init_lib.INITS, "init",
+            f"{config.init!r} is not one of {init_lib.INITS}")
+    require(config.init != "checkpoint" or bool(config.init_path), "init_path",
+            "init='checkpoint' needs the workdir, checkpoint or model directory to start from")
+    require(config.init != "imagenet" or config.input_range == "signed", "input_range",
+            "ImageNet MobileNetV2 was trained on inputs in [-1, 1]: set input_range='signed' "
+            "with init='imagenet'")
+    require(config.init_bn_images >= 0, "init_bn_images", "must be 0 or positive")
     require(config.batch_size > 0, "batch_size", "must be positive")
     require(config.batch_size % jax.device_count() == 0, "batch_size",
             f"{config.batch_size} is not divisible by the {jax.device_count()} devices")
@@ -350,9 +365,38 @@ class _Logger:
             self.jsonl.close()
 
 
+def initial_weights(config, model, state, train_source, pcfg) -> Tuple[Dict, bool]:
+    """The starting variables of a fresh run with ``config.init`` != "scratch", and whether its
+    heads are new (so that ``head_init`` applies). Logs what it did."""
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    if config.init == "checkpoint":
+        variables, summary = init_lib.load_checkpoint_weights(
+            config.init_path, config.model, config.num_landmarks, config.input_range, variables)
+        log.info("warm start from %s (step %s): %d arrays copied%s", summary["source"],
+                 summary["step"], summary["copied"],
+                 f"; new {', '.join(summary['new_heads'])}" if summary["new_heads"] else "")
+        return variables, bool(summary["new_heads"])
+    path = init_lib.find_imagenet_weights(config.init_path)
+    variables, summary = init_lib.load_imagenet_backbone(path, variables)
+    log.info("backbone from ImageNet weights %s (%d values%s)", path, summary["backbone_values"],
+             "; its BNs are folded into the convolutions" if summary["folded_batch_norm"] else "")
+    if config.init_bn_images > 0:
+        count = min(config.init_bn_images, len(train_source))
+        batch = min(config.batch_size, 64)
+        dataset = pipeline.train_dataset(train_source, dataclasses.replace(pcfg, batch_size=batch))
+        images = [dataset[k]["image"] for k in range(max(1, count // batch))]
+        variables, bn = init_lib.reestimate_batch_norm(model, variables, images)
+        log.info("BN re-estimation: %d BatchNorms rewritten from the statistics of %d augmented "
+                 "training crops (same function; scales x%.3g median, x%.3g..x%.3g)",
+                 bn["layers"], bn["images"], bn["scale_factor_median"], bn["scale_factor_min"],
+                 bn["scale_factor_max"])
+    return variables, True
+
+
 def build_model(config, bn_axis_name=None):
     kwargs = dict(dtype=DTYPES[config.dtype], depthwise_impl=config.depthwise_impl,
-                  bn_axis_name=bn_axis_name, bn_momentum=config.bn_momentum)
+                  bn_axis_name=bn_axis_name, bn_momentum=config.bn_momentum,
+                  input_range=config.input_range)
     if config.model == "asmnet":
         kwargs["dropout_rate"] = config.dropout_rate
     return create_model(config.model, config.num_landmarks, **kwargs)
@@ -410,13 +454,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     optimizer = make_optimizer(config.optimizer, schedule)
     settings = steps_lib.LossSettings(total_epochs=config.num_epochs,
                                       steps_per_epoch=steps_per_epoch,
-                                      head_l2_weight=config.head_l2)
+                                      head_l2_weight=config.head_l2,
+                                      landmark_loss=config.landmark_loss)
     state = steps_lib.create_train_state(model, optimizer, jax.random.key(config.seed),
                                          config.input_size)
-    if config.head_init == "mean":
-        params = mean_head_init(state.params, shapes.mean(axis=0), poses.mean(axis=0))
-        state = state.replace(params=params, opt_state=optimizer.init(params))
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    resuming = checkpoints.manager.latest_step() is not None
+    new_heads = True
+    if not resuming and config.init != "scratch":
+        variables, new_heads = initial_weights(config, model, state, train_source, pcfg)
+        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    if config.head_init == "mean" and new_heads:
+        params = mean_head_init(state.params, shapes.mean(axis=0), poses.mean(axis=0))
+        state = state.replace(params=params)
+    state = state.replace(opt_state=optimizer.init(state.params))
     restored, meta = checkpoints.restore_latest(jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, state))
     best_nme = math.inf
@@ -499,11 +550,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         logger.close()
         checkpoints.close()
 
+    flip_summary: Dict = {}
+    if config.final_flip_eval and step == last_step:
+        predict_flip = steps_lib.compile_eval_step(model, mesh, flip=True)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        flip_summary = evaluate(predict_flip, variables, val_source, config, mesh,
+                                process_index, process_count)
+        if is_main:
+            print(f"val NME with flip averaging {flip_summary['nme']:.3f}%, FR "
+                  f"{flip_summary['fr']:.1f}%", flush=True)
+
     summary = {"step": step, "epoch": step / steps_per_epoch, "val_nme": val_summary.get("nme"),
                "val_fr": val_summary.get("fr"), "val_auc": val_summary.get("auc"),
                "best_val_nme": best_nme if math.isfinite(best_nme) else None,
                "val_nme_mean_shape": mean_shape_nme,
                "val_pose_mae": val_summary.get("pose_mae"),
+               "val_nme_flip": flip_summary.get("nme"), "val_fr_flip": flip_summary.get("fr"),
+               "val_auc_flip": flip_summary.get("auc"),
                "model": config.model, "dataset": config.dataset, "asm_loss": config.asm_loss,
                "devices": jax.device_count(), "processes": process_count,
                "wall_s": time.perf_counter() - wall_start}

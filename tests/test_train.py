@@ -61,6 +61,12 @@ def _max_difference(a, b):
     ("optimizer.schedule", "linear", "optimizer.schedule"),
     ("model", "resnet", "config.model"),
     ("depthwise_impl", "fast", r"config.depthwise_impl: 'fast' is not one of"),
+    ("landmark_loss", "wing", r"config.landmark_loss: 'wing' is not one of"),
+    ("input_range", "zero", r"config.input_range: 'zero' is not one of"),
+    ("init", "keras", r"config.init: 'keras' is not one of"),
+    ("init", "checkpoint", r"config.init_path: init='checkpoint' needs"),
+    ("init", "imagenet", r"config.input_range: ImageNet MobileNetV2 was trained on inputs in"),
+    ("init_bn_images", -1, r"config.init_bn_images"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
     c = tiny_config(dataset="w300") if key == "num_landmarks" else tiny_config()
@@ -210,7 +216,7 @@ def test_the_default_config_learns(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["default", "asmnet_300w", "asmnet_wflw", "mnv2_300w",
-                                  "mnv2_wflw"])
+                                  "mnv2_wflw", "asmnet_300w_cpu", "mnv2_300w_cpu"])
 def test_every_config_file_is_valid(name):
     import importlib.util
     import pathlib
@@ -223,6 +229,30 @@ def test_every_config_file_is_valid(name):
     train.check_config(config)
     assert config.model == ("mnv2" if name.startswith("mnv2") else "asmnet")
     assert config.asm_loss == (not name.startswith("mnv2"))
+
+
+def test_a_68_point_run_warm_starts_a_98_point_run(uninterrupted, tmp_path, caplog):
+    """config.init='checkpoint': the backbone starts from the other run's best checkpoint, the
+    98-point landmark head starts anew (and the log says so)."""
+    import logging
+
+    from asmnet_jax import inference
+
+    source, _ = uninterrupted
+    saved = inference.load(source).variables  # the best checkpoint, which init_path takes
+    caplog.set_level(logging.INFO, logger="asmnet_jax")
+    workdir = str(tmp_path / "warm")
+    train.train_and_evaluate(tiny_config(num_landmarks=98, init="checkpoint", init_path=source,
+                                         max_steps=1, num_epochs=1), workdir)
+    assert "new landmark_head" in caplog.text and "warm start from" in caplog.text
+    _, state = _params(workdir)
+    # One Adam step of at most ~lr away from the source backbone; a scratch start is far off.
+    assert _max_difference(state["params"]["backbone"], saved["params"]["backbone"]) < 1e-2
+    assert state["params"]["landmark_head"]["kernel"].shape[-1] == 196
+    scratch = str(tmp_path / "scratch")
+    train.train_and_evaluate(tiny_config(num_landmarks=98, max_steps=1, num_epochs=1), scratch)
+    _, fresh = _params(scratch)
+    assert _max_difference(fresh["params"]["backbone"], saved["params"]["backbone"]) > 0.1
 
 
 def test_learning_rate_schedules():
