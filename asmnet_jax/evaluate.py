@@ -624,11 +624,12 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
                         threshold: float = metrics.DEFAULT_THRESHOLD,
                         batch_size: int = DEFAULT_BATCH_SIZE, out: Optional[str] = None,
                         which: str = "best", step: Optional[int] = None,
-                        grid_faces: int = GRID_FACES) -> Dict:
+                        grid_faces: int = GRID_FACES, flip: bool = False) -> Dict:
     """Evaluates a model (see the module docstring) and writes the outputs; returns the JSON dict.
 
     ``threshold`` is a fraction of the normaliser; ``batch_size`` must be divisible by the local
-    device count. Raises :class:`EvalError`, ``ValueError`` or ``FileNotFoundError`` (naming the
+    device count. ``flip`` averages every prediction with the mirrored prediction on the
+    horizontally flipped crop (test-time augmentation, :func:`asmnet_jax.steps.eval_step`). Raises :class:`EvalError`, ``ValueError`` or ``FileNotFoundError`` (naming the
     path, split or key) on bad input.
     """
     import jax
@@ -668,7 +669,7 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
         check_markup(sources[split], loaded.num_landmarks, dataset, split)
 
     mesh = steps_lib.make_mesh(devices)
-    predict = steps_lib.compile_eval_step(loaded.model, mesh)
+    predict = steps_lib.compile_eval_step(loaded.model, mesh, flip=flip)
     variables = steps_lib.replicate(loaded.variables, mesh)
     pcfg = pipeline.PipelineConfig(batch_size=batch_size, input_size=loaded.input_size,
                                    margin=loaded.margin, num_landmarks=loaded.num_landmarks)
@@ -688,7 +689,8 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
     files = {key: os.path.join(out, name) for key, name in OUTPUT_FILES.items()}
     row = loaded.model_name + (f" (step {loaded.step})" if loaded.step is not None else "")
     notes = [f"Model: `{loaded.path}`",
-             f"Input: {loaded.input_size} px, face box margin {loaded.margin:g}; failure "
+             f"Input: {loaded.input_size} px, face box margin {loaded.margin:g}"
+             f"{'; flip averaging' if flip else ''}; failure "
              f"threshold {threshold:g} (NME as a fraction of the normaliser)",
              f"Files: per-face results in `{OUTPUT_FILES['per_face_csv']}` and "
              f"`{OUTPUT_FILES['per_face_npz']}`, CED in `{OUTPUT_FILES['ced']}`, predictions "
@@ -710,7 +712,8 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
     summary = {key: results[head][key] for key in ("nme", "fr", "auc", "count", "pose_mae")
                if key in results[head]}
     output = {**summary, "split": head, "normaliser": normalisers[0],
-              "normalisers": normalisers, "threshold": float(threshold), "dataset": dataset,
+              "normalisers": normalisers, "threshold": float(threshold), "flip": bool(flip),
+              "dataset": dataset,
               "data_dir": data_dir, "model": loaded.describe(), "splits": results,
               "predicted_splits": predicted, "out": out, "files": files,
               "wall_s": time.perf_counter() - start}
@@ -741,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--workdir", help="training workdir of asmnet-train")
     what.add_argument("--checkpoint", help="WORKDIR/checkpoints/STEP, or a model directory "
                       "(model.json + variables/)")
+    what.add_argument("--model", help="any of those, or the name of a model shipped with the "
+                      "package (e.g. asmnet-300w)")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="checkpoint of a workdir: lowest validation NME or newest "
                              "(default best)")
@@ -764,6 +769,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--grid", type=int, default=GRID_FACES,
                         help=f"faces in predictions.png (default {GRID_FACES}; 0: none)")
+    parser.add_argument("--flip", action="store_true",
+                        help="test-time flip averaging: each face is also predicted mirrored "
+                             "left to right, mapped back with the markup's mirror order, and "
+                             "the two predictions averaged")
     parser.add_argument("--out", help="output directory (default WORKDIR/eval/STEP, or "
                                       "./eval_NAME for a model directory)")
     return parser
@@ -783,10 +792,10 @@ def main(argv=None) -> int:
     _quiet_logs()
     try:
         output = evaluate_checkpoint(
-            args.workdir or args.checkpoint, dataset=args.dataset, splits=args.split,
+            args.workdir or args.checkpoint or args.model, dataset=args.dataset, splits=args.split,
             data_dir=args.data_dir, tfds_config=args.tfds_config, normaliser=args.normaliser,
             threshold=args.threshold, batch_size=args.batch_size, out=args.out,
-            which=args.which, step=args.step, grid_faces=args.grid)
+            which=args.which, step=args.step, grid_faces=args.grid, flip=args.flip)
     except (EvalError, DataError, ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1

@@ -53,6 +53,7 @@ class LossSettings:
     steps_per_epoch: int = flax.struct.field(pytree_node=False, default=1)
     head_l2_weight: float = flax.struct.field(pytree_node=False, default=0.0)
     pose_weight: float = flax.struct.field(pytree_node=False, default=0.5)
+    landmark_loss: str = flax.struct.field(pytree_node=False, default="l2")
 
 
 def images_to_unit(images, dtype=jnp.float32):
@@ -111,7 +112,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], shape_model: Opti
         loss, terms = total_loss(landmarks, pose, batch["landmarks"], batch["pose"],
                                  shape_model=shape_model, alpha=alpha, params=params,
                                  head_l2_weight=settings.head_l2_weight,
-                                 pose_weight=settings.pose_weight)
+                                 pose_weight=settings.pose_weight,
+                                 landmark_loss=settings.landmark_loss)
         return loss, (terms, updates["batch_stats"])
 
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -128,10 +130,38 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], shape_model: Opti
     return new_state, metrics
 
 
-def eval_step(variables, batch: Dict[str, jax.Array], *, model) -> Dict[str, jax.Array]:
-    """Predictions for this device's shard: {'landmarks' (b, 2n), 'pose' (b, 3)}."""
-    landmarks, pose = model.apply(variables, images_to_unit(batch["image"]), train=False)
-    return {"landmarks": landmarks, "pose": pose}
+def mirror_predictions(landmarks, pose, flip_order):
+    """Predictions made on horizontally mirrored images -> predictions for the originals.
+
+    ``landmarks`` (B, 2n) in model units (x -> -x, then point i takes the value of point
+    ``flip_order[i]``, the markup's mirror order); ``pose`` (B, 3) yaw, pitch, roll (yaw and roll
+    change sign). The same rule as :func:`asmnet_jax.landmarks.flip_landmarks_model`, in jnp.
+    """
+    order = jnp.asarray(np.asarray(flip_order, np.int32))
+    points = landmarks.reshape(landmarks.shape[0], -1, 2) * jnp.asarray([-1.0, 1.0],
+                                                                        landmarks.dtype)
+    landmarks = points[:, order, :].reshape(landmarks.shape)
+    return landmarks, pose * jnp.asarray([-1.0, 1.0, -1.0], pose.dtype)
+
+
+def eval_step(variables, batch: Dict[str, jax.Array], *, model,
+              flip_order=None) -> Dict[str, jax.Array]:
+    """Predictions for this device's shard: {'landmarks' (b, 2n), 'pose' (b, 3)}.
+
+    With ``flip_order`` (the markup's mirror order) the prediction is the average of the model on
+    the images and, mirrored back (:func:`mirror_predictions`), on the images flipped left to
+    right: ``(P(x) + M(P(flip(x)))) / 2``. Both halves go through the network as one batch.
+    """
+    images = images_to_unit(batch["image"])
+    if flip_order is None:
+        landmarks, pose = model.apply(variables, images, train=False)
+        return {"landmarks": landmarks, "pose": pose}
+    count = images.shape[0]
+    landmarks, pose = model.apply(variables, jnp.concatenate([images, images[:, :, ::-1]]),
+                                  train=False)
+    mirrored, mirrored_pose = mirror_predictions(landmarks[count:], pose[count:], flip_order)
+    return {"landmarks": (landmarks[:count] + mirrored) / 2,
+            "pose": (pose[:count] + mirrored_pose) / 2}
 
 
 def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callable:
@@ -147,10 +177,14 @@ def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callab
     return jax.jit(sharded, donate_argnums=(0,))
 
 
-def compile_eval_step(model, mesh) -> Callable:
-    """``predict(variables, batch) -> {'landmarks', 'pose'}``, sharded along the batch."""
-    sharded = jax.shard_map(functools.partial(eval_step, model=model), mesh=mesh,
-                            in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+def compile_eval_step(model, mesh, flip: bool = False) -> Callable:
+    """``predict(variables, batch) -> {'landmarks', 'pose'}``, sharded along the batch; ``flip``
+    averages with the prediction on mirrored images (:func:`eval_step`)."""
+    from asmnet_jax.landmarks import FLIP_ORDERS
+
+    flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None
+    sharded = jax.shard_map(functools.partial(eval_step, model=model, flip_order=flip_order),
+                            mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
     return jax.jit(sharded)
 
 
