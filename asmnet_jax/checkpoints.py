@@ -3,10 +3,15 @@
 Layout of a model directory::
 
     DIR/model.json    {"format": "asmnet_jax.model/1", "model": "asmnet" | "mnv2",
-                       "num_landmarks": 68 | 98, ...extra keys}
+                       "num_landmarks": 68 | 98, "input_range": "unit" | "signed"
+                       (optional, default "unit"), ...extra keys}
     DIR/variables/    orbax StandardCheckpointer checkpoint of {'params': ..., 'batch_stats': ...}
+    or
+    DIR/variables.npz the same arrays in one NumPy archive, keys 'params/backbone/stem/kernel',
+                      ...; the compact form of the models shipped inside the package (float16
+                      allowed: they are read back as float32)
 
-``save_model`` writes one, ``load_model`` rebuilds the module with
+``save_model`` writes one (``compact=True``: the ``.npz`` form, in ``dtype``), ``load_model`` rebuilds the module with
 :func:`asmnet_jax.models.create_model` and restores the variables against the tree of
 ``model.init``, so a checkpoint that does not fit the described model fails loudly.
 """
@@ -25,10 +30,11 @@ from asmnet_jax.models import MODELS, create_model
 FORMAT = "asmnet_jax.model/1"
 MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
+VARIABLES_NPZ = "variables.npz"
 
 
 def save_model(directory, model_name: str, num_landmarks: int, variables, extra=None,
-               overwrite: bool = False) -> str:
+               overwrite: bool = False, compact: bool = False, dtype=None) -> str:
     """Writes ``variables`` of ``create_model(model_name, num_landmarks)`` to ``directory``.
 
     Args:
@@ -38,6 +44,8 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
       variables: ``{'params': ..., 'batch_stats': ...}`` of numpy or jax arrays.
       extra: JSON-serialisable dict merged into ``model.json`` (e.g. source, coordinate convention).
       overwrite: replace an existing model in ``directory``; otherwise that raises ValueError.
+      compact: write ``variables.npz`` (one file) instead of the orbax ``variables/`` folder.
+      dtype: store the arrays in this NumPy dtype (e.g. ``np.float16``; compact form only).
 
     Returns:
       The absolute directory.
@@ -53,19 +61,33 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         info[key] = value
     text = json.dumps(info, indent=2, sort_keys=True)  # fail on bad extras before writing
 
+    if dtype is not None and not compact:
+        raise ValueError("dtype is only supported with compact=True")
     variables_dir = os.path.join(directory, VARIABLES_DIR)
+    npz_path = os.path.join(directory, VARIABLES_NPZ)
     json_path = os.path.join(directory, MODEL_JSON)
-    if os.path.exists(variables_dir) or os.path.exists(json_path):
+    if any(os.path.exists(p) for p in (variables_dir, npz_path, json_path)):
         if not overwrite:
             raise ValueError(f"{directory}: already holds a model; choose another directory "
                              "or overwrite it")
-        if os.path.exists(json_path):
-            os.remove(json_path)
+        for path in (json_path, npz_path):
+            if os.path.exists(path):
+                os.remove(path)
         shutil.rmtree(variables_dir, ignore_errors=True)
     os.makedirs(directory, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(variables_dir, _to_plain_dicts(variables))
-        checkpointer.wait_until_finished()
+    if compact:
+        from flax import traverse_util
+
+        flat = traverse_util.flatten_dict(_to_plain_dicts(variables), sep="/")
+        arrays = {key: np.asarray(value, dtype=dtype or np.asarray(value).dtype)
+                  for key, value in flat.items()}
+        with open(npz_path + ".tmp", "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(npz_path + ".tmp", npz_path)
+    else:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(variables_dir, _to_plain_dicts(variables))
+            checkpointer.wait_until_finished()
     with open(json_path + ".tmp", "w") as f:
         f.write(text + "\n")
     os.replace(json_path + ".tmp", json_path)
@@ -76,9 +98,12 @@ def read_model_info(directory) -> dict:
     """``directory/model.json`` as a dict; ValueError naming the directory if it is no model."""
     directory = os.path.abspath(os.fspath(directory))
     json_path = os.path.join(directory, MODEL_JSON)
-    if not os.path.isfile(json_path) or not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
+    has_variables = os.path.isdir(os.path.join(directory, VARIABLES_DIR)) or \
+        os.path.isfile(os.path.join(directory, VARIABLES_NPZ))
+    if not os.path.isfile(json_path) or not has_variables:
         raise ValueError(f"{directory}: not a saved model (expected {MODEL_JSON} and "
-                         f"{VARIABLES_DIR}/ written by asmnet_jax.checkpoints.save_model)")
+                         f"{VARIABLES_DIR}/ or {VARIABLES_NPZ} written by "
+                         "asmnet_jax.checkpoints.save_model)")
     try:
         with open(json_path) as f:
             info = json.load(f)
@@ -108,10 +133,14 @@ def load_model(directory, **model_kwargs):
 
     directory = os.path.abspath(os.fspath(directory))
     info = read_model_info(directory)
+    model_kwargs.setdefault("input_range", info.get("input_range", "unit"))
     model = create_model(info["model"], int(info["num_landmarks"]), **model_kwargs)
     images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     abstract = jax.eval_shape(partial(model.init, train=False), jax.random.key(0), images)
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
+    npz_path = os.path.join(directory, VARIABLES_NPZ)
+    if os.path.isfile(npz_path):
+        return model, _read_npz(npz_path, target, info)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
@@ -120,6 +149,28 @@ def load_model(directory, **model_kwargs):
                          f"{info['num_landmarks']} landmarks: {error}") from error
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), variables)
     return model, _to_plain_dicts(variables)
+
+
+def _read_npz(path, target, info):
+    """The variables of a compact model directory, checked against ``target``'s tree."""
+    from flax import traverse_util
+
+    try:
+        with np.load(path) as archive:
+            stored = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable NumPy archive ({error})") from None
+    wanted = traverse_util.flatten_dict(_to_plain_dicts(target), sep="/")
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted))
+    wrong = sorted(k for k in set(wanted) & set(stored)
+                   if tuple(stored[k].shape) != tuple(wanted[k].shape))
+    if missing or extra or wrong:
+        raise ValueError(f"{path}: variables do not fit {info['model']} with "
+                         f"{info['num_landmarks']} landmarks (missing {missing[:3]}, unexpected "
+                         f"{extra[:3]}, wrong shapes {wrong[:3]})")
+    flat = {key: np.asarray(stored[key], np.float32) for key in wanted}
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _to_plain_dicts(tree):

@@ -7,7 +7,10 @@
   (``which="latest"``), or the one at ``step``;
 * one checkpoint of such a run, ``WORKDIR/checkpoints/STEP``;
 * a model directory written by :func:`asmnet_jax.checkpoints.save_model` (``model.json`` +
-  ``variables/``), e.g. an authors' Keras model brought in by ``asmnet-import-keras``.
+  ``variables/`` or ``variables.npz``), e.g. an authors' Keras model brought in by
+  ``asmnet-import-keras``;
+* the name of a model shipped inside the package (:func:`shipped_models`, e.g.
+  ``asmnet-300w``), when no file or directory of that name exists.
 
 The model's input size and face-box margin come from the run's config; a model directory may carry
 them in ``model.json`` (``input_size``, ``margin``), and otherwise the authors' 224 px and
@@ -27,6 +30,31 @@ from asmnet_jax import checkpoints as model_io
 from asmnet_jax.data import crop
 
 DEFAULT_INPUT_SIZE = 224
+#: Where the package keeps its trained models (one model directory each).
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+#: The model asmnet-predict uses when given none.
+DEFAULT_MODEL = "asmnet-300w"
+
+
+def shipped_models() -> Dict[str, str]:
+    """{name: model directory} of the models shipped inside the package."""
+    if not os.path.isdir(PRETRAINED_DIR):
+        return {}
+    return {name: os.path.join(PRETRAINED_DIR, name) for name in sorted(os.listdir(PRETRAINED_DIR))
+            if os.path.isfile(os.path.join(PRETRAINED_DIR, name, model_io.MODEL_JSON))}
+
+
+def resolve_model_path(path) -> str:
+    """``path`` as an absolute path, or the directory of the shipped model named ``path``."""
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        shipped = shipped_models()
+        if text in shipped:
+            return shipped[text]
+        names = ", ".join(shipped) or "none"
+        raise FileNotFoundError(f"{os.path.abspath(text)}: no such file or directory, and not "
+                                f"the name of a model shipped with the package ({names})")
+    return os.path.abspath(text)
 
 
 @dataclasses.dataclass
@@ -98,7 +126,8 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     variables = model_io._to_plain_dicts(
         _to_numpy(variables))  # plain nested dicts of float32 NumPy arrays
-    kwargs = {"bn_momentum": config.get("bn_momentum", 0.99)}
+    kwargs = {"bn_momentum": config.get("bn_momentum", 0.99),
+              "input_range": config.get("input_range", "unit")}
     if config["model"] == "asmnet" and "dropout_rate" in config:
         kwargs["dropout_rate"] = config["dropout_rate"]
     kwargs.update(model_kwargs)
@@ -158,15 +187,13 @@ def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) 
     """Loads a model from a training workdir, one of its checkpoints, or a model directory.
 
     Args:
-      path: see the module docstring.
+      path: see the module docstring (a path, or a shipped model's name).
       step: a checkpoint step of a workdir (default: chosen by ``which``).
       which: ``"best"`` (lowest validation NME) or ``"latest"``, for a workdir.
       **model_kwargs: module settings passed to :func:`asmnet_jax.models.create_model`
         (``dtype``, ``depthwise_impl``, ...).
     """
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or directory")
+    path = resolve_model_path(path)
     if os.path.isfile(os.path.join(path, model_io.MODEL_JSON)):
         if step is not None:
             raise ValueError(f"{path}: a model directory has no steps (step={step} given)")
@@ -190,19 +217,20 @@ def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) 
                      "variables/)")
 
 
-def make_predictor(loaded: LoadedModel, mesh=None):
+def make_predictor(loaded: LoadedModel, mesh=None, flip: bool = False):
     """``predict(images) -> (landmarks (B, 2n), pose (B, 3))`` as NumPy, in model units.
 
     ``images`` is a uint8 (or [0, 1] float) batch (B, S, S, 3) with S = ``loaded.input_size``; B
     must be divisible by the mesh's device count (default: all local devices). One compilation per
-    batch shape.
+    batch shape. ``flip`` averages with the mirrored prediction on flipped images
+    (:func:`asmnet_jax.steps.eval_step`).
     """
     import jax
 
     from asmnet_jax import steps as steps_lib
 
     mesh = mesh if mesh is not None else steps_lib.make_mesh(jax.local_devices())
-    predict = steps_lib.compile_eval_step(loaded.model, mesh)
+    predict = steps_lib.compile_eval_step(loaded.model, mesh, flip=flip)
     variables = steps_lib.replicate(loaded.variables, mesh)
     sharding = steps_lib.batch_sharding(mesh)
 

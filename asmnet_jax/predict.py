@@ -63,6 +63,7 @@ import numpy as np
 from asmnet_jax import landmarks as lm
 from asmnet_jax.data import crop, geometry
 from asmnet_jax.data.pose import rotation_matrix
+from asmnet_jax.inference import DEFAULT_MODEL
 
 PROG = "asmnet-predict"
 #: File name endings taken from a directory walk (case-insensitive); files named on the command
@@ -883,9 +884,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files and directories (walked recursively for "
                              + "/".join(e[1:] for e in IMAGE_EXTENSIONS) + " files)")
-    parser.add_argument("--model", required=True,
-                        help="a training workdir, WORKDIR/checkpoints/STEP, or a model directory "
-                             "(save_model / asmnet-import-keras)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a training workdir, WORKDIR/checkpoints/STEP, a model directory "
+                             "(save_model / asmnet-import-keras) or the name of a model shipped "
+                             f"with the package (default {DEFAULT_MODEL}: ASMNet trained on "
+                             "300W faces, for non-commercial research)")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="checkpoint of a workdir: lowest validation NME or newest")
     parser.add_argument("--step", type=int, help="checkpoint step of a workdir")
@@ -903,6 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                              + " else ".join(AUTO_ORDER) + ")")
     parser.add_argument("--min-score", type=float,
                         help="detector score threshold (default: the detector's)")
+    parser.add_argument("--flip", action="store_true",
+                        help="test-time flip averaging: each face is also predicted mirrored "
+                             "left to right and the two predictions averaged")
     parser.add_argument("--no-draw", action="store_true", help="write the JSON only")
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images instead of stopping at the first")
@@ -946,7 +952,7 @@ def run(args) -> dict:
         loaded = inference.load(args.model, step=args.step, which=args.which)
     except (ValueError, FileNotFoundError) as error:
         raise PredictError(f"--model: {error}") from None
-    predict = inference.make_predictor(loaded)
+    predict = inference.make_predictor(loaded, flip=args.flip)
 
     os.makedirs(args.output_dir, exist_ok=True)
     input_paths = {os.path.abspath(image.path) for image in images}

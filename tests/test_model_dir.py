@@ -1,0 +1,79 @@
+"""Model directories in the compact form (``variables.npz``, float16) and the models shipped inside
+the package, found by name."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from asmnet_jax import checkpoints, inference
+from asmnet_jax.models import create_model
+
+SIZE = 64
+
+
+def _variables(name="asmnet", num_landmarks=68, seed=0):
+    model = create_model(name, num_landmarks)
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+    return jax.tree_util.tree_map(np.asarray, {"params": variables["params"],
+                                               "batch_stats": variables["batch_stats"]})
+
+
+def test_compact_float16_model_directory_round_trip(tmp_path):
+    variables = _variables()
+    directory = checkpoints.save_model(tmp_path / "m", "asmnet", 68, variables, compact=True,
+                                       dtype=np.float16,
+                                       extra={"input_range": "signed", "input_size": 96})
+    assert os.path.isfile(os.path.join(directory, checkpoints.VARIABLES_NPZ))
+    assert not os.path.exists(os.path.join(directory, checkpoints.VARIABLES_DIR))
+    model, loaded = checkpoints.load_model(directory)
+    assert model.input_range == "signed"
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(loaded),
+                                 jax.tree_util.tree_leaves(variables)):
+        assert got.dtype == np.float32, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+    full = inference.load(directory)
+    assert full.input_size == 96 and full.model.input_range == "signed"
+
+
+def test_compact_directory_of_another_model_is_refused(tmp_path):
+    checkpoints.save_model(tmp_path / "m", "asmnet", 98, _variables("asmnet", 98), compact=True)
+    info_path = tmp_path / "m" / checkpoints.MODEL_JSON
+    info = json.loads(info_path.read_text())
+    info["num_landmarks"] = 68
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"variables\.npz: variables do not fit asmnet with 68"):
+        checkpoints.load_model(tmp_path / "m")
+
+
+def test_shipped_models_are_found_by_name(tmp_path, monkeypatch):
+    checkpoints.save_model(tmp_path / "pretrained" / "tiny-68", "asmnet", 68, _variables(),
+                           compact=True, dtype=np.float16)
+    monkeypatch.setattr(inference, "PRETRAINED_DIR", str(tmp_path / "pretrained"))
+    monkeypatch.chdir(tmp_path)
+    assert list(inference.shipped_models()) == ["tiny-68"]
+    assert inference.load("tiny-68").path == str(tmp_path / "pretrained" / "tiny-68")
+    with pytest.raises(FileNotFoundError, match=r"no-such-model: no such file.*\(tiny-68\)"):
+        inference.load("no-such-model")
+
+
+def test_the_package_ships_its_default_model_small_and_described():
+    shipped = inference.shipped_models()
+    assert inference.DEFAULT_MODEL in shipped, "the default model of asmnet-predict is missing"
+    directory = shipped[inference.DEFAULT_MODEL]
+    size = sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(directory) for name in names)
+    assert size < 4 * 2 ** 20
+    info = checkpoints.read_model_info(directory)
+    for key in ("dataset", "input_size", "margin", "input_range", "validation", "command"):
+        assert key in info, key
+    loaded = inference.load(inference.DEFAULT_MODEL)
+    predict = inference.make_predictor(loaded)
+    landmarks, pose = predict(np.full((1, loaded.input_size, loaded.input_size, 3), 128,
+                                      np.uint8))
+    assert landmarks.shape == (1, 136) and np.all(np.isfinite(landmarks))
+    assert np.all(np.abs(landmarks) < 0.5)
