@@ -48,6 +48,7 @@ POSE_ANGLES = ("yaw", "pitch", "roll")
 #: Figures aggregated over seeds (name in the report -> how to read it from metrics.json).
 FIGURES = {
     "nme": lambda s: s.get("val_nme"),
+    "nme_flip": lambda s: s.get("val_nme_flip"),
     "fr": lambda s: s.get("val_fr"),
     "auc": lambda s: s.get("val_auc"),
     "best_nme": lambda s: s.get("best_val_nme"),
@@ -515,13 +516,15 @@ def _minutes(seconds) -> str:
 def format_row(row: Mapping, first_columns: Sequence[str]) -> List[str]:
     f = row["figures"]
     done, asked = len(row["seeds_done"]), len(row["seeds_requested"])
-    return [*first_columns, f"{done}/{asked}", _pm(f["nme"]), _pm(f["fr"], 1),
+    return [*first_columns, f"{done}/{asked}", _pm(f["nme"]), _pm(f["nme_flip"]),
+            _pm(f["fr"], 1),
             _num(f["auc"]["mean"], 3), _num(f["pose_yaw"]["mean"]),
             _num(f["pose_pitch"]["mean"]), _num(f["pose_roll"]["mean"]),
             _params(row["params"]), _minutes(f["wall_s"]["mean"])]
 
 
-TABLE_COLUMNS = ["seeds done", "val NME % (mean ± std)", "FR % (NME > 10 %)", "AUC@0.1",
+TABLE_COLUMNS = ["seeds done", "val NME % (mean ± std)", "with flip averaging",
+                 "FR % (NME > 10 %)", "AUC@0.1",
                  "yaw MAE °", "pitch MAE °", "roll MAE °", "params", "wall per run"]
 
 
@@ -758,6 +761,7 @@ def _summary_line(grid: Grid, results: Mapping, failed: Sequence[str]) -> Dict:
             **dict(zip(grid.first_columns[1:], grid.row_names(row)[1:])),
             "seeds_done": row["seeds_done"],
             "nme_mean": f["nme"]["mean"], "nme_std": f["nme"]["std"],
+            "nme_flip_mean": f["nme_flip"]["mean"],
             "fr_mean": f["fr"]["mean"], "auc_mean": f["auc"]["mean"],
             "pose_mae": {a: f[f"pose_{a}"]["mean"] for a in POSE_ANGLES},
             "params": row["params"], "wall_s_mean": f["wall_s"]["mean"],

@@ -1,0 +1,50 @@
+"""ASMNet on the 300W faces at hand, the best model a 2-core CPU trains in at most 45 minutes.
+
+Build the data once, then train (the validation split is carved out of the training faces):
+
+    asmnet-build-data w300 --manual-dir /path/to/300W --data-dir ~/tensorflow_datasets
+    asmnet-train --config configs/asmnet_300w_cpu.py --workdir runs/asmnet_300w_cpu
+
+The backbone starts from the ImageNet MobileNetV2 weights (the Keras file in ~/.keras/models, or
+--config.init_path=FILE) with its BatchNorms re-estimated on training crops. The settings come from
+the study in experiments/study.py (experiments/results/study_300w.md).
+"""
+
+from asmnet_jax.config_base import base_config
+
+
+def get_config():
+    c = base_config()
+    # Model and loss.
+    c.model = "asmnet"
+    c.num_landmarks = 68
+    c.asm_loss = True
+    c.asm_variance = 0.95
+    c.landmark_loss = "l1"
+    c.head_l2 = 0.01
+    c.dropout_rate = 0.3
+    c.bn_momentum = 0.9
+    c.head_init = "mean"
+    # Starting weights.
+    c.init = "imagenet"
+    c.init_path = ""
+    c.init_bn_images = 512
+    c.input_range = "signed"
+    # Data.
+    c.dataset = "w300"
+    c.input_size = 128
+    c.num_workers = 0
+    # Optimisation.
+    c.batch_size = 32
+    c.num_epochs = 35
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_epochs = 3.0
+    c.seed = 0
+    c.final_flip_eval = True
+    # Logging, evaluation, checkpoints: every second epoch (each costs ~5 s on 2 cores).
+    c.eval_every_epochs = 2
+    c.checkpoint_every_epochs = 2
+    c.progress_bar = False
+    return c
