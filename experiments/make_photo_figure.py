@@ -5,7 +5,8 @@
 
 The photo is scikit-image's ``astronaut`` (Eileen Collins, NASA, public domain). It is written to
 a temporary folder and given to ``asmnet-predict`` exactly as a user would (face detector, crop,
-model, drawing); the drawing is then saved as a JPEG. Prints asmnet-predict's JSON line.
+model, drawing); the figure is the drawing beside an enlarged view of the first face. Prints
+a JSON line with the number of faces and their (yaw, pitch, roll) in degrees.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import sys
 import tempfile
 
 import cv2
+import numpy as np
+
+
+def _enlarged(image, box, size):
+    """The square around ``box`` [x0, y0, x1, y1] grown by half, scaled to ``size`` pixels."""
+    x0, y0, x1, y1 = box
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.75 * max(x1 - x0, y1 - y0)
+    h, w = image.shape[:2]
+    left, top = int(max(0, cx - half)), int(max(0, cy - half))
+    right, bottom = int(min(w, cx + half)), int(min(h, cy + half))
+    return cv2.resize(image[top:bottom, left:right], (size, size),
+                      interpolation=cv2.INTER_CUBIC)
 
 
 def main(argv=None) -> int:
@@ -44,10 +57,14 @@ def main(argv=None) -> int:
             return code
         summary = json.loads(stdout.getvalue().strip().splitlines()[-1])
         drawing = cv2.imread(summary["drawings"][0])
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        cv2.imwrite(args.out, drawing, [cv2.IMWRITE_JPEG_QUALITY, 88])
         with open(os.path.join(tmp, "out", "predictions.json")) as f:
             faces = json.load(f)["images"][0]["faces"]
+    figure = drawing
+    if faces:
+        figure = np.concatenate([drawing, _enlarged(drawing, faces[0]["face_box"],
+                                                    drawing.shape[0])], axis=1)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    cv2.imwrite(args.out, figure, [cv2.IMWRITE_JPEG_QUALITY, 88])
     print(json.dumps({"out": args.out, "faces": len(faces),
                       "pose_deg": [[f["yaw"], f["pitch"], f["roll"]] for f in faces]}))
     return 0
