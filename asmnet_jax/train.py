@@ -417,6 +417,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     ``workdir/metrics.json``)."""
     wall_start = time.perf_counter()
     check_config(config)
+    if config.init == "imagenet":  # fail before any data is read or anything compiled
+        init_lib.find_imagenet_weights(config.init_path)
+    elif config.init == "checkpoint":
+        from asmnet_jax.inference import resolve_model_path
+
+        try:
+            resolve_model_path(config.init_path)
+        except FileNotFoundError as error:
+            raise init_lib.InitError(f"config.init_path: {error}") from None
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()

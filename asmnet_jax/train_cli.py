@@ -63,11 +63,13 @@ def _main(argv) -> int:
     logging.getLogger(__name__).info(hugepages.status())
     _initialize_distributed()
 
+    from asmnet_jax import init as init_lib
     from asmnet_jax import train
 
     try:
         summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (train.ConfigError, train.TrainingDiverged, FileNotFoundError) as err:
+    except (train.ConfigError, train.TrainingDiverged, init_lib.InitError,
+            FileNotFoundError) as err:
         print(f"asmnet-train: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

@@ -192,6 +192,11 @@ def test_the_cli_runs_the_default_config_end_to_end(tmp_path):
     bad = subprocess.run(cmd + ["--config.num_landmark=98"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "num_landmark" in bad.stderr
+    missing = subprocess.run(cmd + ["--config.init=imagenet", "--config.input_range=signed",
+                                    f"--config.init_path={tmp_path / 'nowhere.h5'}"],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
+    assert "asmnet-train: error: ImageNet MobileNetV2 weights not found" in missing.stderr
 
 
 def test_mean_head_init_starts_at_the_mean_shape_and_pose():
