@@ -11,9 +11,10 @@ Layout of a model directory::
                       ...; the compact form of the models shipped inside the package (float16
                       allowed: they are read back as float32)
 
-``save_model`` writes one (``compact=True``: the ``.npz`` form, in ``dtype``), ``load_model`` rebuilds the module with
-:func:`asmnet_jax.models.create_model` and restores the variables against the tree of
-``model.init``, so a checkpoint that does not fit the described model fails loudly.
+``save_model`` writes one (``compact=True``: the ``.npz`` form, in ``dtype``), ``load_model``
+rebuilds the module with :func:`asmnet_jax.models.create_model` and restores the variables
+against the tree of ``model.init``, so a checkpoint that does not fit the described model fails
+loudly.
 """
 
 from __future__ import annotations

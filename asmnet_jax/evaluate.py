@@ -629,8 +629,9 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
 
     ``threshold`` is a fraction of the normaliser; ``batch_size`` must be divisible by the local
     device count. ``flip`` averages every prediction with the mirrored prediction on the
-    horizontally flipped crop (test-time augmentation, :func:`asmnet_jax.steps.eval_step`). Raises :class:`EvalError`, ``ValueError`` or ``FileNotFoundError`` (naming the
-    path, split or key) on bad input.
+    horizontally flipped crop (test-time augmentation, :func:`asmnet_jax.steps.eval_step`).
+    Raises :class:`EvalError`, ``ValueError`` or ``FileNotFoundError`` (naming the path, split or
+    key) on bad input.
     """
     import jax
 

@@ -60,7 +60,8 @@ class InitError(ValueError):
 
 
 def imagenet_search_paths() -> Tuple[str, ...]:
-    """Where Keras caches :data:`IMAGENET_FILE`: ``$KERAS_HOME/models``, then ``~/.keras/models``."""
+    """Where Keras caches :data:`IMAGENET_FILE`: ``$KERAS_HOME/models``, then
+    ``~/.keras/models``."""
     places = []
     if os.environ.get("KERAS_HOME"):
         places.append(os.path.join(os.environ["KERAS_HOME"], "models", IMAGENET_FILE))
