@@ -116,15 +116,11 @@ def load_imagenet_backbone(path: str, variables) -> Tuple[Dict, Dict]:
             traverse_util.flatten_dict(_plain(variables)).items()}
     problems, loaded = [], 0
     for key in _backbone_keys(variables):
-        module_path, leaf = key[1:-1], key[-1]
-        layer = keras_import.keras_layer_name(module_path)
-        kind = keras_import._BN_WEIGHTS[leaf] if module_path[-1].endswith("bn") else leaf
+        layer, kind, depthwise = keras_import.keras_source(key)
         if layer not in layers or kind not in layers[layer]:
             problems.append(f"no weight {kind!r} of Keras layer {layer!r}")
             continue
-        value = layers[layer][kind]
-        if module_path[-1] == "depthwise":  # Keras (3, 3, C, 1) -> Flax (3, 3, 1, C)
-            value = np.transpose(value, (0, 1, 3, 2))
+        value = keras_import.to_flax_layout(layers[layer][kind], depthwise)
         if value.shape != flat[key].shape:
             problems.append(f"Keras layer {layer!r} weight {kind!r} has shape {value.shape}, "
                             f"expected {flat[key].shape}")

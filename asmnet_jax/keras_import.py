@@ -213,6 +213,21 @@ def _is_batch_norm(module_path) -> bool:
     return module_path[-1].endswith("bn")
 
 
+def keras_source(key, landmark_head=LANDMARK_HEAD, pose_head=POSE_HEAD):
+    """(Keras layer, weight name, is depthwise) behind a flattened Flax variable key
+    ``(collection, *module path, leaf)``, e.g. ``('batch_stats', 'backbone', 'stem_bn', 'var')``
+    -> ``('bn_Conv1', 'moving_variance', False)``."""
+    module_path, leaf = tuple(key[1:-1]), key[-1]
+    layer = keras_layer_name(module_path, landmark_head, pose_head)
+    kind = _BN_WEIGHTS[leaf] if _is_batch_norm(module_path) else leaf
+    return layer, kind, module_path[-1] == "depthwise"
+
+
+def to_flax_layout(value, depthwise: bool):
+    """A Keras weight in Flax's layout: depthwise kernels (3, 3, C, 1) -> (3, 3, 1, C)."""
+    return np.transpose(value, (0, 1, 3, 2)) if depthwise else value
+
+
 def _find_heads(layers, path):
     """(landmark head layer, pose head layer, landmark count) from the authors' names or shapes."""
 
@@ -300,10 +315,7 @@ def load_keras_h5(path, convert_coordinates: bool = True):
 
     flat, used, problems, bad_layers = {}, set(), [], set()
     for key, abstract in expected.items():
-        collection, module_path, leaf = key[0], key[1:-1], key[-1]
-        layer = keras_layer_name(module_path, landmark_head, pose_head)
-        kind = _BN_WEIGHTS[leaf] if _is_batch_norm(module_path) else leaf
-        depthwise = module_path[-1] == "depthwise"
+        layer, kind, depthwise = keras_source(key, landmark_head, pose_head)
         keras_shape = tuple(abstract.shape)
         if depthwise:  # Keras (3, 3, C, 1), Flax (3, 3, 1, C)
             keras_shape = keras_shape[:2] + keras_shape[:1:-1]
@@ -324,7 +336,7 @@ def load_keras_h5(path, convert_coordinates: bool = True):
             problems.append(f"Keras layer {layer!r} weight {kind!r} has shape {value.shape}, "
                             f"expected {keras_shape} for {name} with {num_landmarks} landmarks")
             continue
-        flat[key] = np.transpose(value, (0, 1, 3, 2)) if depthwise else value
+        flat[key] = to_flax_layout(value, depthwise)
     for layer in sorted(layers):
         for kind in sorted(layers[layer]):
             if (layer, kind) not in used and layer not in bad_layers:
