@@ -40,6 +40,8 @@ from typing import Dict, Iterable, Optional, Tuple
 import numpy as np
 from flax import traverse_util
 
+from asmnet_jax.checkpoints import _to_plain_dicts
+
 log = logging.getLogger(__name__)
 
 #: Where a run's weights come from (``config.init``).
@@ -113,7 +115,7 @@ def load_imagenet_backbone(path: str, variables) -> Tuple[Dict, Dict]:
         raise InitError(f"{path}: not a Keras MobileNetV2 weights file (no layer {missing[0]!r}; "
                         f"its layers with weights: {sorted(layers)[:8]})")
     flat = {key: np.asarray(value) for key, value in
-            traverse_util.flatten_dict(_plain(variables)).items()}
+            traverse_util.flatten_dict(_to_plain_dicts(variables)).items()}
     problems, loaded = [], 0
     for key in _backbone_keys(variables):
         layer, kind, depthwise = keras_import.keras_source(key)
@@ -179,7 +181,7 @@ def load_checkpoint_weights(path: str, model_name: str, num_landmarks: int, inpu
                         f"config.input_range={saved_range!r} to start from it")
     source = traverse_util.flatten_dict(saved.variables)
     flat = {key: np.asarray(value) for key, value in
-            traverse_util.flatten_dict(_plain(variables)).items()}
+            traverse_util.flatten_dict(_to_plain_dicts(variables)).items()}
     copied, fresh = 0, []
     for key, value in flat.items():
         if key in source and np.shape(source[key]) == value.shape:
@@ -268,8 +270,8 @@ def reestimate_batch_norm(model, variables, images: Iterable[np.ndarray],
     eps = BN_EPSILON if epsilon is None else epsilon
     images = list(images)
     moments = batch_norm_moments(model, variables, images)
-    params = traverse_util.flatten_dict(_plain(variables["params"]))
-    stats = traverse_util.flatten_dict(_plain(variables["batch_stats"]))
+    params = traverse_util.flatten_dict(_to_plain_dicts(variables["params"]))
+    stats = traverse_util.flatten_dict(_to_plain_dicts(variables["batch_stats"]))
     params = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
     factors = []
@@ -283,16 +285,9 @@ def reestimate_batch_norm(model, variables, images: Iterable[np.ndarray],
         factors.append(np.sqrt((v + eps) / (var + eps)))
     as32 = lambda flat: traverse_util.unflatten_dict(  # noqa: E731
         {k: np.asarray(v, np.float32) for k, v in flat.items()})
-    new = dict(_plain(variables), params=as32(params), batch_stats=as32(stats))
+    new = dict(_to_plain_dicts(variables), params=as32(params), batch_stats=as32(stats))
     factors = np.concatenate(factors) if factors else np.ones(1)
     summary = {"layers": len(moments), "images": int(sum(len(b) for b in images)),
                "scale_factor_median": float(np.median(factors)),
                "scale_factor_min": float(factors.min()), "scale_factor_max": float(factors.max())}
     return new, summary
-
-
-def _plain(tree):
-    """Nested mappings (dict, FrozenDict) -> nested dicts of NumPy arrays."""
-    if hasattr(tree, "items"):
-        return {key: _plain(value) for key, value in tree.items()}
-    return np.asarray(tree)
