@@ -5,6 +5,9 @@ config is locked before training, so a command-line override of a key that does 
 (``--config.learning_rate=...`` instead of ``--config.optimizer.learning_rate=...``) fails at start.
 """
 
+import difflib
+from typing import Iterator, Optional
+
 import ml_collections
 
 from asmnet_jax.data.augment import AugmentConfig
@@ -105,6 +108,42 @@ def dataset_config(dataset: str, model: str = "asmnet") -> ml_collections.Config
         c.asm_loss = False
         c.head_l2 = 0.0
     return c
+
+
+def config_keys(config: Optional[ml_collections.ConfigDict] = None, prefix: str = "") -> Iterator[str]:
+    """Every leaf key of ``config`` (default: the schema), dotted: ``optimizer.learning_rate``."""
+    config = base_config() if config is None else config
+    for key in config.keys():
+        if isinstance(config[key], ml_collections.ConfigDict):
+            yield from config_keys(config[key], f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def closest_key(name: str) -> Optional[str]:
+    """The schema key a misspelt or misplaced ``name`` most likely meant, or None."""
+    keys = list(config_keys())
+    leaf = name.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if same_leaf:
+        return same_leaf[0]
+    initials = [k for k in keys  # "lr" for learning_rate, "bs" for batch_size
+                if "".join(w[:1] for w in k.rsplit(".", 1)[-1].split("_")) == leaf]
+    if initials:
+        return initials[0]
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    return leaves[close[0]] if close else None
+
+
+def unknown_key_message(name: str) -> str:
+    """One line for a key the schema does not have, with the key probably meant."""
+    guess = closest_key(name)
+    hint = f"; did you mean config.{guess}?" if guess else ""
+    return f"unknown config key config.{name}{hint}"
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -31,7 +31,7 @@ from asmnet_jax import init as init_lib
 from asmnet_jax import metrics
 from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
-from asmnet_jax.config_base import base_config
+from asmnet_jax.config_base import base_config, unknown_key_message
 from asmnet_jax.data import augment, examples, geometry, pipeline
 from asmnet_jax.depthwise import IMPLS
 from asmnet_jax.losses import LANDMARK_LOSSES
@@ -65,7 +65,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         for key in cfg.keys():
             name = f"{prefix}{key}"
             if key not in ref:
-                raise ConfigError(f"unknown config key {name!r}")
+                raise ConfigError(unknown_key_message(name[len("config."):]))
             if isinstance(ref[key], ml_collections.ConfigDict):
                 walk(cfg[key], ref[key], name + ".")
 
@@ -115,10 +115,46 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(config.batch_size % jax.device_count() == 0, "batch_size",
             f"{config.batch_size} is not divisible by the {jax.device_count()} devices")
     require(config.num_epochs > 0, "num_epochs", "must be positive")
+    require(config.max_steps == -1 or config.max_steps > 0, "max_steps",
+            f"{config.max_steps}: must be positive, or -1 for no limit")
+    require(0.0 <= config.margin < 1.0, "margin", f"{config.margin} is not in [0, 1)")
+    require(0.0 <= config.dropout_rate < 1.0, "dropout_rate",
+            f"{config.dropout_rate} is not in [0, 1)")
+    require(config.head_l2 >= 0.0, "head_l2", f"{config.head_l2} is negative")
+    require(config.num_workers >= 0, "num_workers", f"{config.num_workers} is negative")
+    for split in ("train", "validation"):
+        require(config.synthetic[split] > 0, f"synthetic.{split}",
+                f"{config.synthetic[split]}: must be positive")
+    require(bool(config.train_split) and bool(config.val_split), "train_split",
+            "the train and validation split names must not be empty")
+    # Intervals and counts of the loop.
+    require(config.log_every_steps > 0, "log_every_steps",
+            f"{config.log_every_steps}: must be positive")
+    require(config.eval_every_epochs > 0, "eval_every_epochs",
+            f"{config.eval_every_epochs}: must be positive")
+    require(config.checkpoint_every_epochs > 0, "checkpoint_every_epochs",
+            f"{config.checkpoint_every_epochs}: must be positive")
+    require(config.keep_checkpoints >= 1, "keep_checkpoints",
+            f"{config.keep_checkpoints}: at least the latest checkpoint is kept (>= 1)")
+    # The optimiser.
+    opt = config.optimizer
+    require(opt.learning_rate > 0.0, "optimizer.learning_rate",
+            f"{opt.learning_rate}: must be positive")
+    require(opt.warmup_epochs >= 0.0, "optimizer.warmup_epochs",
+            f"{opt.warmup_epochs} is negative")
+    require(opt.weight_decay >= 0.0, "optimizer.weight_decay", f"{opt.weight_decay} is negative")
+    require(0.0 <= opt.b1 < 1.0, "optimizer.b1", f"{opt.b1} is not in [0, 1)")
+    require(0.0 <= opt.b2 < 1.0, "optimizer.b2", f"{opt.b2} is not in [0, 1)")
+    require(opt.grad_clip >= 0.0, "optimizer.grad_clip", f"{opt.grad_clip} is negative (0: off)")
+    require(opt.schedule != "authors_cyclic" or 0.0 < opt.cyclic_min_lr <= opt.learning_rate,
+            "optimizer.cyclic_min_lr", f"{opt.cyclic_min_lr} is not in (0, learning_rate]")
+    require(opt.cyclic_half_cycle_epochs > 0.0, "optimizer.cyclic_half_cycle_epochs",
+            f"{opt.cyclic_half_cycle_epochs}: must be positive")
+    require(opt.time_decay >= 0.0, "optimizer.time_decay", f"{opt.time_decay} is negative")
     try:
         augment.AugmentConfig.from_dict(config.augment)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"config.augment: {err}") from err
+        raise ConfigError(str(err).replace("AugmentConfig.", "config.augment.")) from err
 
 
 # ----------------------------------------------------------------------------------------------

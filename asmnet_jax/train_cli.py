@@ -23,30 +23,39 @@ from asmnet_jax import hugepages
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_base.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Training config file (a Python file with get_config()); "
-    "override keys with --config.KEY=VALUE.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics; "
-                               "a run resumes from it.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0, for multi-process training.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
-                                 "the cluster's auto-detected settings.")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+    """Defines the flags. Not at import: ml_collections parses ``--config.KEY`` overrides as soon
+    as the config flag exists, and an unknown KEY must first get its one-line error."""
+    if _FLAGS:
+        return
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Training config file (a Python file with get_config()); "
+        "override keys with --config.KEY=VALUE.", lock_config=True)
+    _FLAGS["workdir"] = flags.DEFINE_string(
+        "workdir", None, "Directory for checkpoints, logs and metrics; a run resumes from it.")
+    _FLAGS["coordinator_address"] = flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0, for multi-process training.")
+    _FLAGS["num_processes"] = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    _FLAGS["process_id"] = flags.DEFINE_integer("process_id", None, "This process's index.")
+    _FLAGS["distributed"] = flags.DEFINE_bool(
+        "distributed", False, "Call jax.distributed.initialize() with the cluster's "
+        "auto-detected settings.")
 
 
 def _initialize_distributed() -> None:
     import jax
 
-    if _COORDINATOR.value is None and not _DISTRIBUTED.value:
+    if _FLAGS["coordinator_address"].value is None and not _FLAGS["distributed"].value:
         return
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if _COORDINATOR.value is not None:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+    if _FLAGS["coordinator_address"].value is not None:
+        jax.distributed.initialize(coordinator_address=_FLAGS["coordinator_address"].value,
+                                   num_processes=_FLAGS["num_processes"].value,
+                                   process_id=_FLAGS["process_id"].value)
     else:
         jax.distributed.initialize()
 
@@ -54,7 +63,7 @@ def _initialize_distributed() -> None:
 def _main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _WORKDIR.value is None:
+    if _FLAGS["workdir"].value is None:
         raise app.UsageError("--workdir is required")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -67,7 +76,7 @@ def _main(argv) -> int:
     from asmnet_jax import train
 
     try:
-        summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        summary = train.train_and_evaluate(_FLAGS["config"].value, _FLAGS["workdir"].value)
     except (train.ConfigError, train.TrainingDiverged, init_lib.InitError,
             FileNotFoundError) as err:
         print(f"asmnet-train: error: {err}", file=sys.stderr)
@@ -76,9 +85,31 @@ def _main(argv) -> int:
     return 0
 
 
+def unknown_override(argv) -> str | None:
+    """The message for the first ``--config.KEY`` override whose KEY is not in the schema (absl
+    would raise it from deep inside flag parsing, as three chained tracebacks), else None."""
+    from asmnet_jax.config_base import config_keys, unknown_key_message
+
+    known = set(config_keys())
+    groups = {key.rsplit(".", 1)[0] for key in known if "." in key}
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if key not in known and key not in groups:
+                return unknown_key_message(key)
+    return None
+
+
 def main() -> None:
     # Before anything else: glibc reads GLIBC_TUNABLES only at start-up (asmnet_jax/hugepages.py).
     hugepages.reexec_with_thp()
+    message = unknown_override(sys.argv)
+    if message:
+        print(f"asmnet-train: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    _define_flags()
     app.run(_main)
 
 

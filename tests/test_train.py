@@ -67,6 +67,29 @@ def _max_difference(a, b):
     ("init", "checkpoint", r"config.init_path: init='checkpoint' needs"),
     ("init", "imagenet", r"config.input_range: ImageNet MobileNetV2 was trained on inputs in"),
     ("init_bn_images", -1, r"config.init_bn_images"),
+    ("log_every_steps", 0, r"config.log_every_steps: 0: must be positive"),
+    ("eval_every_epochs", 0, r"config.eval_every_epochs: 0: must be positive"),
+    ("checkpoint_every_epochs", 0, r"config.checkpoint_every_epochs: 0: must be positive"),
+    ("keep_checkpoints", 0, r"config.keep_checkpoints: 0: at least the latest"),
+    ("num_workers", -3, r"config.num_workers: -3 is negative"),
+    ("margin", -0.1, r"config.margin: -0.1 is not in \[0, 1\)"),
+    ("dropout_rate", 1.0, r"config.dropout_rate"),
+    ("head_l2", -0.01, r"config.head_l2"),
+    ("max_steps", 0, r"config.max_steps: 0: must be positive, or -1"),
+    ("batch_size", 0, r"config.batch_size: must be positive"),
+    ("num_epochs", 0, r"config.num_epochs"),
+    ("asm_variance", 1.0, r"config.asm_variance"),
+    ("bn_momentum", 1.0, r"config.bn_momentum"),
+    ("synthetic.train", 0, r"config.synthetic.train: 0: must be positive"),
+    ("val_split", "", r"config.train_split: the train and validation split names"),
+    ("optimizer.learning_rate", -0.1, r"config.optimizer.learning_rate: -0.1: must be positive"),
+    ("optimizer.warmup_epochs", -1.0, r"config.optimizer.warmup_epochs"),
+    ("optimizer.weight_decay", -1e-4, r"config.optimizer.weight_decay"),
+    ("optimizer.b1", 1.0, r"config.optimizer.b1"),
+    ("optimizer.b2", -0.5, r"config.optimizer.b2"),
+    ("optimizer.grad_clip", -1.0, r"config.optimizer.grad_clip"),
+    ("optimizer.name", "lamb", r"config.optimizer.name"),
+    ("augment.rotation_deg", -5.0, r"^config.augment.rotation_deg=-5.0: must be >= 0$"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
     c = tiny_config(dataset="w300") if key == "num_landmarks" else tiny_config()
@@ -84,8 +107,22 @@ def test_unknown_config_key_is_rejected():
     c = tiny_config()
     c.unlock()
     c.learning_rate = 0.1  # belongs under optimizer
-    with pytest.raises(train.ConfigError, match="config.learning_rate"):
+    with pytest.raises(train.ConfigError, match=r"^unknown config key config.learning_rate; "
+                       r"did you mean config.optimizer.learning_rate\?$"):
         train.check_config(c)
+
+
+@pytest.mark.parametrize("name,meant", [
+    ("learning_rate", "optimizer.learning_rate"),   # right name, wrong place
+    ("batchsize", "batch_size"),                     # misspelt
+    ("optimizer.warmup", "optimizer.warmup_epochs"),
+    ("optimizer.lr", "optimizer.learning_rate"),    # initials
+    ("augment.rotation", "augment.rotation_deg"),
+    ("zzzz", None),
+])
+def test_closest_key_finds_the_key_meant(name, meant):
+    from asmnet_jax.config_base import closest_key
+    assert closest_key(name) == meant
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +330,12 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
     assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
     assert ckpt.manager.best_step() == 2
     ckpt.close()
+
+
+def test_an_unknown_command_line_key_gets_one_line_before_flag_parsing():
+    from asmnet_jax import train_cli
+    argv = ["asmnet-train", "--workdir", "w", "--config.optimizer.learning_rate=0.1"]
+    assert train_cli.unknown_override(argv) is None
+    assert train_cli.unknown_override(argv + ["--config.augment.flip_prob", "0"]) is None
+    assert train_cli.unknown_override(argv + ["--config.learning_rate=0.1"]) == (
+        "unknown config key config.learning_rate; did you mean config.optimizer.learning_rate?")
