@@ -14,7 +14,7 @@ Default splits: 300W ``common`` and ``challenging``, plus ``full``, which is not
 is their face-weighted union (:func:`asmnet_jax.metrics.full_set_nme`, the 300W convention; the same
 happens whenever both are asked for); WFLW ``test`` and the attribute subsets ``test_<attribute>``
 that were built; ``synthetic`` ``validation``; ``synthetic_faces`` ``test``. WFLW NMEs are reported
-with both the inter-ocular and the inter-pupil normaliser (SPEC section 6).
+with both the inter-ocular and the inter-pupil normaliser (docs/method.md section 6).
 
 Written to ``--out`` (default ``WORKDIR/eval/STEP``, or ``./eval_NAME`` for a model directory):
 

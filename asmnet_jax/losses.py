@@ -1,4 +1,4 @@
-"""The ASM-assisted loss of ASMNet (SPEC section 3), as pure jnp functions.
+"""The ASM-assisted loss of ASMNet (docs/method.md section 3), as pure jnp functions.
 
 Shapes: landmarks (B, 2n) and pose (B, 3) in the model's units (:mod:`asmnet_jax.landmarks`).
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics (SPEC section 6): NME, failure rate, AUC, CED, pose MAE and result tables.
+"""Evaluation metrics (docs/method.md section 6): NME, failure rate, AUC, CED, pose MAE and result
+tables.
 
 Host-side NumPy, computed in float64. Landmarks may be given as points ``(N, n, 2)`` or as the
 project's interleaved vectors ``(N, 2n)`` (:mod:`asmnet_jax.landmarks`); any consistent unit works

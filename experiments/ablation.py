@@ -1,5 +1,5 @@
-"""The paper's 2 x 2 ablation (SPEC sections 3 and 7): network (ASMNet | full MobileNetV2) x loss
-(ASM-assisted | plain MSE), over several seeds.
+"""The paper's 2 x 2 ablation (docs/method.md sections 3 and 7): network (ASMNet | full
+MobileNetV2) x loss (ASM-assisted | plain MSE), over several seeds.
 
     python experiments/ablation.py --config configs/asmnet_300w.py --workdir runs/ablation \\
         --set data_dir=/tmp/tfds_data --set input_size=64 --set num_epochs=10 --seeds 0 1 2
@@ -27,7 +27,8 @@ import _grid  # noqa: E402
 
 from asmnet_jax.config_base import base_config  # noqa: E402
 
-#: (label, directory, model, ASM loss), in the order of the paper's table (SPEC section 7).
+#: (label, directory, model, ASM loss), in the order of the paper's table
+#: (docs/method.md section 7).
 CELLS = (
     ("mnv2", "mnv2_mse", "mnv2", False),
     ("mnv2_r", "mnv2_asm", "mnv2", True),
@@ -35,7 +36,7 @@ CELLS = (
     ("ASMNet", "asmnet_asm", "asmnet", True),
 )
 
-#: The paper's 300W NME (%) (SPEC section 7), for reference in the report.
+#: The paper's 300W NME (%) (docs/method.md section 7), for reference in the report.
 PAPER_300W = {"mnv2": (3.93, 7.52, 4.70), "mnv2_r": (3.88, 7.35, 4.59),
               "ASMNet_nr": (5.86, 8.80, 6.46), "ASMNet": (4.82, 8.20, 5.50)}
 

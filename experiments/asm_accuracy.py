@@ -1,5 +1,5 @@
-"""The ASM accuracy sweep (SPEC section 2): ASMNet with the ASM loss, the shape model keeping
-80 / 85 / 90 / 95 / 97 % of the training shapes' variance, over several seeds.
+"""The ASM accuracy sweep (docs/method.md section 2): ASMNet with the ASM loss, the shape model
+keeping 80 / 85 / 90 / 95 / 97 % of the training shapes' variance, over several seeds.
 
     python experiments/asm_accuracy.py --config configs/asmnet_300w.py --workdir runs/asm_acc \\
         --set data_dir=/tmp/tfds_data --set input_size=64 --set num_epochs=10 --seeds 0 1 2

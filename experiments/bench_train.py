@@ -12,12 +12,12 @@ Three things are timed in one run, at ``--batch`` (32) and ``--size`` (224) by d
 * **jax_noasm**: the same compiled step without the ASM term (``shape_model=None``: ASMNet_nr);
   its steps alternate with the ASM steps, so that drift of the machine's load hits both alike;
 * **tf**: the authors' network built with ``keras.applications.MobileNetV2(weights=None)``
-  (``tf_keras`` by default, ``--keras keras3`` for Keras 3) truncated as SPEC section 1 (the six
-  pooled taps block_1/3/6/10/13_project_BN and block_15_add, Dropout(0.3), Dense heads ``O_L`` and
-  ``O_P`` with L2 0.01 on kernel and bias), trained by a ``tf.function`` step (graph mode,
-  ``jit_compile=False``: TensorFlow's own CPU kernels with oneDNN, ``TF_ENABLE_ONEDNN_OPTS=1``)
-  with Adam (constant rate) and the same loss shape: MSE landmarks + 0.5 MSE pose + the heads' L2
-  (the ASM term is JAX-only).
+  (``tf_keras`` by default, ``--keras keras3`` for Keras 3) truncated as in docs/method.md
+  section 1 (the six pooled taps block_1/3/6/10/13_project_BN and block_15_add, Dropout(0.3),
+  Dense heads ``O_L`` and ``O_P`` with L2 0.01 on kernel and bias), trained by a ``tf.function``
+  step (graph mode, ``jit_compile=False``: TensorFlow's own CPU kernels with oneDNN,
+  ``TF_ENABLE_ONEDNN_OPTS=1``) with Adam (constant rate) and the same loss shape: MSE
+  landmarks + 0.5 MSE pose + the heads' L2 (the ASM term is JAX-only).
 
 For each: training img/s (``batch / median step time``), inference img/s at ``--batch``
 (``batch / median forward time``, BN in inference mode, JAX through ``compile_eval_step``) and
@@ -25,7 +25,7 @@ the latency of one image (median forward time at batch 1), all after ``--warmup`
 (the first compiles or traces), medians of ``--steps`` timed calls, each call waited for. Both
 sides get uint8 NHWC images (what the input pipeline delivers) and convert them to [0, 1] inside.
 The parameter counts of both models are printed and compared (Keras ``count_params()``: BN moving
-statistics included; SPEC: 1,439,507 for 68 points).
+statistics included; docs/method.md section 1.4: 1,439,507 for 68 points).
 
 **Threads.** Both sides run on the same ``--threads`` CPUs (default: all this process may use).
 Each side's process pins itself to the first N of them with ``os.sched_setaffinity`` before it
@@ -82,7 +82,7 @@ ASM_VARIANCE = 0.90
 HEAD_L2 = 0.01
 POSE_WEIGHT = 0.5
 DROPOUT = 0.3
-#: Keras layers whose outputs ASMNet pools (SPEC section 1).
+#: Keras layers whose outputs ASMNet pools (docs/method.md section 1.2).
 TAP_LAYERS = ("block_1_project_BN", "block_3_project_BN", "block_6_project_BN",
               "block_10_project_BN", "block_13_project_BN", "block_15_add")
 

@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 TINY = ["--batch", "2", "--size", "64", "--steps", "1", "--warmup", "1"]
-#: SPEC section 1: Keras count_params() of ASMNet with 68 points (BN statistics included).
+#: docs/method.md section 1.4: Keras count_params() of ASMNet with 68 points (BN statistics
+#: included).
 ASMNET68_TOTAL, ASMNET68_TRAINABLE = 1_439_507, 1_412_435
 
 TRAIN_KEYS = ("train_img_s_jax", "train_img_s_jax_noasm", "train_img_s_tf",

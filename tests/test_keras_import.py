@@ -163,7 +163,7 @@ def test_cli_checkpoint_round_trip(asmnet68_keras2, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["model"] == "asmnet" and summary["num_landmarks"] == 68
     assert summary["output"] == str(out)
-    # Keras count_params() of ASMNet-68 (SPEC.md section 1).
+    # Keras count_params() of ASMNet-68 (docs/method.md section 1.4).
     assert summary["parameters"] == {"trainable": 1412435, "batch_stats": 27072, "total": 1439507}
     assert read_model_info(out)["coordinates"] == "project"
 

@@ -16,10 +16,10 @@ anthropometric distances, rounded), not fitted to any data set:
 The design puts the Frankfort plane (ear canal to lower orbit rim) level. The template is then
 turned chin-down by 4 degrees (``TEMPLATE_PITCH_DEG = -4``) about the ear-to-ear axis through the
 nose tip (:func:`design_to_template`), and pitch zero is that of the turned template. The turn makes
-the pitch fitted to real 300W faces agree on average with the one from the 3D mean face with which
-SPEC section 5 measured 1.2-1.5 degrees error against published labels (without the turn the mean
-pitch differs by 4 degrees; see ``tests/test_pose.py``). It is the one number calibrated by
-comparison; the shape is not fitted to anything.
+the pitch fitted to real 300W faces agree on average with the one from the 3D mean face that was
+measured at 1.2-1.5 degrees error against published labels (docs/method.md section 5.3; without
+the turn the mean pitch differs by 4 degrees; see ``tests/test_pose.py``). It is the one number
+calibrated by comparison; the shape is not fitted to anything.
 
 Coordinates: units of the outer inter-ocular distance (1 unit = 90 mm), x toward the image right
 for a frontal face (the subject's left), y up, +z toward the viewer, nose tip at the origin.

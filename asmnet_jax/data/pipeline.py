@@ -12,9 +12,9 @@ example is a dict:
   margin; the pipeline adds ``margin`` on each side and maps that square onto the model input;
 * ``name``: str, plus optional bookkeeping (subset flags).
 
-A batch (DESIGN.md) is a dict: ``image`` uint8 (B, S, S, 3) RGB (a quarter of the bytes of float32
-between processes and to the device; :func:`asmnet_jax.steps.images_to_unit` scales it to [0, 1]
-inside the jitted step), ``landmarks`` float32
+A batch (docs/method.md section 5.5) is a dict: ``image`` uint8 (B, S, S, 3) RGB (a quarter of
+the bytes of float32 between processes and to the device; :func:`asmnet_jax.steps.images_to_unit`
+scales it to [0, 1] inside the jitted step), ``landmarks`` float32
 (B, 2n) and ``pose`` float32 (B, 3) in the model's units (:mod:`asmnet_jax.landmarks`), ``mask``
 float32 (B,) (0 for padding in the last evaluation batch), and the host-only keys ``name`` and
 ``index``.
