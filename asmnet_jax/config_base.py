@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
         # Keras time decay lr / (1 + time_decay * step).
         cyclic_min_lr=1e-7, cyclic_half_cycle_epochs=10.0, time_decay=1e-5,
     ))
+    # > 0: keep an exponential moving average of the weights and BN statistics (this decay per
+    # step, less in the first steps) and evaluate and save it as the model; 0: off.
+    c.ema_decay = 0.0
     c.seed = 0
 
     # Logging, evaluation, checkpoints.

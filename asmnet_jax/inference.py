@@ -123,7 +123,8 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
     finally:
         manager.close()
     state = restored["state"]
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    # A run that keeps a weight average evaluates and ships that average.
+    variables = state.get("ema") or {"params": state["params"], "batch_stats": state["batch_stats"]}
     variables = model_io._to_plain_dicts(
         _to_numpy(variables))  # plain nested dicts of float32 NumPy arrays
     kwargs = {"bn_momentum": config.get("bn_momentum", 0.99),

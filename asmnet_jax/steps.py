@@ -43,17 +43,22 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    # {'params', 'batch_stats'}: their exponential moving average when config.ema_decay > 0 (what
+    # is evaluated and saved as the model), else None.
+    ema: Any = None
 
 
 @flax.struct.dataclass
 class LossSettings:
-    """Static loss settings of a run (see :func:`asmnet_jax.losses.total_loss`)."""
+    """Static settings of the train step: the loss (see :func:`asmnet_jax.losses.total_loss`) and
+    the weight average's decay (:func:`ema_update`)."""
 
     total_epochs: int = flax.struct.field(pytree_node=False, default=1)
     steps_per_epoch: int = flax.struct.field(pytree_node=False, default=1)
     head_l2_weight: float = flax.struct.field(pytree_node=False, default=0.0)
     pose_weight: float = flax.struct.field(pytree_node=False, default=0.5)
     landmark_loss: str = flax.struct.field(pytree_node=False, default="l2")
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
 def images_to_unit(images, dtype=jnp.float32):
@@ -87,6 +92,31 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.
                           opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng))
 
     return jax.jit(init)(rng)
+
+
+def with_ema(state: TrainState) -> TrainState:
+    """``state`` whose weight average starts at its current params and BN statistics (copies)."""
+    copy = lambda x: jnp.array(x, copy=True)  # noqa: E731 - own buffers: the state is donated
+    return state.replace(ema={"params": jax.tree_util.tree_map(copy, state.params),
+                              "batch_stats": jax.tree_util.tree_map(copy, state.batch_stats)})
+
+
+def ema_update(ema, current, step, decay: float):
+    """One update of the moving average ``ema`` towards ``current`` after 0-based ``step``.
+
+    The decay used is ``min(decay, (1 + step) / (10 + step))``: early on, when the weights move
+    fastest, the average follows them closely instead of remembering the initialisation.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    rate = 1.0 - jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree_util.tree_map(lambda e, x: e + rate.astype(e.dtype) * (x - e), ema, current)
+
+
+def eval_variables(state: TrainState) -> Dict[str, Any]:
+    """What a run evaluates and saves as its model: the weight average when it keeps one."""
+    if state.ema is not None:
+        return state.ema
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def epoch_of(step, steps_per_epoch: int):
@@ -127,6 +157,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], shape_model: Opti
                    examples=lax.psum(jnp.sum(mask), DATA_AXIS))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
+    if state.ema is not None:
+        new_state = new_state.replace(ema=ema_update(
+            state.ema, {"params": params, "batch_stats": batch_stats}, state.step,
+            settings.ema_decay))
     return new_state, metrics
 
 

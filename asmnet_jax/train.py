@@ -99,6 +99,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(config.head_init in ("keras", "mean"), "head_init",
             f"{config.head_init!r} is not keras or mean")
     require(0.0 <= config.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
+    require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"{config.ema_decay} is not in [0, 1)")
     require(config.landmark_loss in LANDMARK_LOSSES, "landmark_loss",
             f"{config.landmark_loss!r} is not one of {LANDMARK_LOSSES}")
     require(config.input_range in INPUT_RANGES, "input_range",
@@ -500,7 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     settings = steps_lib.LossSettings(total_epochs=config.num_epochs,
                                       steps_per_epoch=steps_per_epoch,
                                       head_l2_weight=config.head_l2,
-                                      landmark_loss=config.landmark_loss)
+                                      landmark_loss=config.landmark_loss,
+                                      ema_decay=config.ema_decay)
     state = steps_lib.create_train_state(model, optimizer, jax.random.key(config.seed),
                                          config.input_size)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
@@ -513,6 +515,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         params = mean_head_init(state.params, shapes.mean(axis=0), poses.mean(axis=0))
         state = state.replace(params=params)
     state = state.replace(opt_state=optimizer.init(state.params))
+    if config.ema_decay > 0:
+        state = steps_lib.with_ema(state)
     restored, meta = checkpoints.restore_latest(jax.tree_util.tree_map(
         ocp.utils.to_shape_dtype_struct, state))
     best_nme = math.inf
@@ -577,7 +581,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             if evaluate_now or save_now:
                 val_nme = None
                 if evaluate_now:
-                    variables = {"params": state.params, "batch_stats": state.batch_stats}
+                    variables = steps_lib.eval_variables(state)
                     val_summary = evaluate(predict, variables, val_source, config, mesh,
                                            process_index, process_count)
                     val_nme = val_summary["nme"]
@@ -598,7 +602,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     flip_summary: Dict = {}
     if config.final_flip_eval and step == last_step:
         predict_flip = steps_lib.compile_eval_step(model, mesh, flip=True)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = steps_lib.eval_variables(state)
         flip_summary = evaluate(predict_flip, variables, val_source, config, mesh,
                                 process_index, process_count)
         if is_main:

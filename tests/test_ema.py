@@ -1,0 +1,89 @@
+"""The weight average (config.ema_decay): its update rule, that it leaves training untouched, and
+that a run evaluates and ships the average."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from asmnet_jax import inference, steps, train
+from asmnet_jax.asm import ShapeModel
+from asmnet_jax.models import ASMNet
+
+from test_train import _params, tiny_config
+
+
+def test_ema_update_follows_closely_at_first_then_at_the_set_decay():
+    ema, x = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+    # Step 0: min(0.99, 1/10) = 0.1 kept, 0.9 moved.
+    np.testing.assert_allclose(steps.ema_update(ema, x, 0, 0.99)["w"], 0.9, rtol=1e-6)
+    # Late: the set decay.
+    np.testing.assert_allclose(steps.ema_update(ema, x, 10_000, 0.99)["w"], 0.01, rtol=1e-5)
+    np.testing.assert_allclose(steps.ema_update(ema, x, 3, 0.2)["w"], 0.8, rtol=1e-6)
+
+
+def test_the_train_step_averages_params_and_statistics_and_trains_as_without():
+    rng = np.random.default_rng(0)
+    B, S = 4, 32
+    batch = {"image": rng.integers(0, 256, (B, S, S, 3)).astype(np.uint8),
+             "landmarks": rng.uniform(-.4, .4, (B, 136)).astype(np.float32),
+             "pose": rng.uniform(-1, 1, (B, 3)).astype(np.float32),
+             "mask": np.ones(B, np.float32)}
+    shape_model = ShapeModel.fit(rng.uniform(-.4, .4, (50, 136)), 0.9)
+    model = ASMNet(num_landmarks=68, dropout_rate=0.0, bn_axis_name="data")
+    optimizer = optax.adam(1e-3)
+    decay = 0.9
+    settings = steps.LossSettings(total_epochs=2, steps_per_epoch=2, ema_decay=decay)
+    mesh = steps.make_mesh(jax.devices()[:1])
+    step = steps.compile_train_step(model, optimizer, settings, mesh)
+    batch = {k: jax.device_put(v, steps.batch_sharding(mesh)) for k, v in batch.items()}
+    shape_model = steps.replicate(shape_model, mesh)
+
+    def run(state, n):
+        history = [jax.device_get(state)]
+        for _ in range(n):
+            state, _ = step(state, batch, shape_model)
+            history.append(jax.device_get(state))
+        return history
+
+    init = steps.create_train_state(model, optimizer, jax.random.key(0), S)
+    plain = run(steps.replicate(init, mesh), 2)
+    averaged = run(steps.replicate(steps.with_ema(init), mesh), 2)
+    for a, b in zip(plain, averaged):  # the average does not feed back into training
+        for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats)),
+                        jax.tree_util.tree_leaves((b.params, b.batch_stats))):
+            np.testing.assert_array_equal(x, y)
+    expected = {"params": plain[0].params, "batch_stats": plain[0].batch_stats}
+    for i in (0, 1):
+        kept = min(decay, (1 + i) / (10 + i))
+        current = {"params": plain[i + 1].params, "batch_stats": plain[i + 1].batch_stats}
+        expected = jax.tree_util.tree_map(lambda e, x: e + (1 - kept) * (x - e), expected,
+                                          current)
+        got = averaged[i + 1].ema
+        for x, y in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(got)):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-7)
+    moved = max(float(np.max(np.abs(x - y))) for x, y in zip(
+        jax.tree_util.tree_leaves(averaged[2].ema["params"]),
+        jax.tree_util.tree_leaves(averaged[2].params)))
+    assert moved > 1e-6  # average and weights differ after two steps
+
+
+def test_a_run_with_ema_evaluates_and_ships_the_average(tmp_path):
+    workdir = str(tmp_path / "ema")
+    summary = train.train_and_evaluate(tiny_config(ema_decay=0.9, num_epochs=1), workdir)
+    _, state = _params(workdir)
+    assert state["ema"] is not None
+    loaded = inference.load(workdir, which="latest")
+    ema_leaves = jax.tree_util.tree_leaves(state["ema"])
+    for x, y in zip(jax.tree_util.tree_leaves(loaded.variables), ema_leaves):
+        np.testing.assert_array_equal(x, np.asarray(y, np.float32))
+    assert any(np.max(np.abs(np.asarray(x) - np.asarray(y))) > 0 for x, y in zip(
+        jax.tree_util.tree_leaves(state["params"]),
+        jax.tree_util.tree_leaves(state["ema"]["params"])))
+    assert np.isfinite(summary["val_nme"])
+
+
+def test_ema_decay_out_of_range_is_refused():
+    with pytest.raises(train.ConfigError, match=r"config.ema_decay: 1.0 is not in \[0, 1\)"):
+        train.check_config(tiny_config(ema_decay=1.0))
