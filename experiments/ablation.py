@@ -1,12 +1,13 @@
 """The paper's 2 x 2 ablation (docs/method.md sections 3 and 7): network (ASMNet | full
-MobileNetV2) x loss (ASM-assisted | plain MSE), over several seeds.
+MobileNetV2) x loss (with | without the ASM term), over several seeds.
 
     python experiments/ablation.py --config configs/asmnet_300w.py --workdir runs/ablation \\
         --set data_dir=/tmp/tfds_data --set input_size=64 --set num_epochs=10 --seeds 0 1 2
 
 Cells, named as in the paper: ``ASMNet`` (asmnet + ASM loss, directory ``asmnet_asm``),
-``ASMNet_nr`` (asmnet + MSE, ``asmnet_mse``), ``mnv2_r`` (MobileNetV2 + ASM loss, ``mnv2_asm``) and
-``mnv2`` (MobileNetV2 + MSE, ``mnv2_mse``). Each cell sets ``model`` and ``asm_loss``; the mnv2
+``ASMNet_nr`` (asmnet, landmark loss only, ``asmnet_mse``), ``mnv2_r`` (MobileNetV2 + ASM loss,
+``mnv2_asm``) and ``mnv2`` (MobileNetV2, landmark loss only, ``mnv2_mse``); the landmark loss is
+the config's ``landmark_loss`` (the paper's: L2, i.e. MSE). Each cell sets ``model`` and ``asm_loss``; the mnv2
 cells also drop the head L2 penalty (the paper's baseline has none) and the ASMNet cells keep the
 config file's (0.01 unless the file is an mnv2 config); ``--set head_l2=...`` applies to all four.
 Everything else (``asm_variance`` included) comes from the config file and ``--set``.
@@ -53,14 +54,17 @@ def make_cells(args, file_config):
 
 def row_names(row):
     return [row["label"], "ASMNet" if row["settings"]["model"] == "asmnet" else "MobileNetV2",
-            "ASM" if row["settings"]["asm_loss"] else "MSE"]
+            "+ ASM" if row["settings"]["asm_loss"] else "plain"]
 
 
 def notes(args, cells):
     config = _grid.load_config_file(args.config)
     sets = dict(_grid.parse_overrides(args.overrides))
     variance = sets.get("asm_variance", config.asm_variance)
-    lines = [f"cells: model and asm_loss as named; head L2 "
+    landmark_loss = sets.get("landmark_loss", config.landmark_loss)
+    lines = [f"loss column: the landmark loss ({landmark_loss.upper()}; the paper's is L2) alone "
+             "(plain) or with the ASM term (+ ASM)",
+             f"cells: model and asm_loss as named; head L2 "
              + ", ".join(f"{c.label} {sets.get('head_l2', c.defaults['head_l2'])}" for c in cells)
              + f"; the ASM loss cells use asm_variance {variance}"]
     if config.dataset == "w300":
@@ -73,7 +77,7 @@ def notes(args, cells):
 def plot(path, rows):
     _grid.bar_chart(path, rows, "ASMNet ablation: validation NME (mean ± std over seeds)",
                     color=lambda row: ("#dd8452", "ASM loss") if row["settings"]["asm_loss"]
-                    else ("#4c72b0", "plain MSE"))
+                    else ("#4c72b0", "landmark loss only"))
 
 
 GRID = _grid.Grid(
