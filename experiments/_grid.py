@@ -211,11 +211,18 @@ def _flatten(tree: Mapping, prefix: str = "") -> Dict[str, object]:
 
 def config_differences(saved: Mapping, requested: Mapping,
                        ignore: Sequence[str] = RUNTIME_KEYS) -> List[str]:
-    """Human-readable differences between two config dicts, ignoring ``ignore`` keys."""
+    """Human-readable differences between two config dicts, ignoring ``ignore`` keys. A key the
+    saved config lacks is no difference when the requested value is the schema's default: keys
+    added to the schema later default to what runs did before them."""
+    from asmnet_jax.config_base import base_config
+
+    defaults = _flatten(config_as_dict(base_config()))
     a, b = _flatten(saved), _flatten(requested)
     lines = []
     for key in sorted(set(a) | set(b)):
         if key in ignore:
+            continue
+        if key not in a and key in defaults and defaults[key] == b[key]:
             continue
         if key not in a:
             lines.append(f"{key}: not in the saved config, requested {b[key]!r}")

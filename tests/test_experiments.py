@@ -101,6 +101,10 @@ def test_config_differences_ignore_runtime_keys():
     assert any(line.startswith("input_size: saved 64, requested 96") for line in diff)
     assert any(line.startswith("optimizer.learning_rate") for line in diff)
     assert any(line.startswith("new_key: not in the saved config") for line in diff)
+    # A schema key added after the run was saved, requested at its default: the same run.
+    assert _grid.config_differences(saved, dict(same, ema_decay=0.0)) == []
+    assert _grid.config_differences(saved, dict(same, ema_decay=0.99)) == [
+        "ema_decay: not in the saved config, requested 0.99"]
 
 
 # ----------------------------------------------------------------------------------------------
