@@ -27,9 +27,13 @@ def shared_data():
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent XLA cache for the session: the training tests compile the same steps in
-    several runs (uninterrupted, interrupted, resumed)."""
+    several runs (uninterrupted, interrupted, resumed), and the commands the tests start as
+    subprocesses (which inherit the environment) compile what this process already did."""
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     yield
