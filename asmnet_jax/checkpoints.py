@@ -26,6 +26,7 @@ from functools import partial
 
 import numpy as np
 
+from asmnet_jax.errors import ModelError
 from asmnet_jax.models import MODELS, create_model
 
 FORMAT = "asmnet_jax.model/1"
@@ -44,7 +45,8 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
       num_landmarks: 68 or 98 (the landmark head has 2n outputs).
       variables: ``{'params': ..., 'batch_stats': ...}`` of numpy or jax arrays.
       extra: JSON-serialisable dict merged into ``model.json`` (e.g. source, coordinate convention).
-      overwrite: replace an existing model in ``directory``; otherwise that raises ValueError.
+      overwrite: replace an existing model in ``directory``; otherwise that raises
+        :class:`asmnet_jax.errors.ModelError`.
       compact: write ``variables.npz`` (one file) instead of the orbax ``variables/`` folder.
       dtype: store the arrays in this NumPy dtype (e.g. ``np.float16``; compact form only).
 
@@ -69,7 +71,7 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
     json_path = os.path.join(directory, MODEL_JSON)
     if any(os.path.exists(p) for p in (variables_dir, npz_path, json_path)):
         if not overwrite:
-            raise ValueError(f"{directory}: already holds a model; choose another directory "
+            raise ModelError(f"{directory}: already holds a model; choose another directory "
                              "or overwrite it")
         for path in (json_path, npz_path):
             if os.path.exists(path):
@@ -96,22 +98,22 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
 
 
 def read_model_info(directory) -> dict:
-    """``directory/model.json`` as a dict; ValueError naming the directory if it is no model."""
+    """``directory/model.json`` as a dict; ModelError naming the directory if it is no model."""
     directory = os.path.abspath(os.fspath(directory))
     json_path = os.path.join(directory, MODEL_JSON)
     has_variables = os.path.isdir(os.path.join(directory, VARIABLES_DIR)) or \
         os.path.isfile(os.path.join(directory, VARIABLES_NPZ))
     if not os.path.isfile(json_path) or not has_variables:
-        raise ValueError(f"{directory}: not a saved model (expected {MODEL_JSON} and "
+        raise ModelError(f"{directory}: not a saved model (expected {MODEL_JSON} and "
                          f"{VARIABLES_DIR}/ or {VARIABLES_NPZ} written by "
                          "asmnet_jax.checkpoints.save_model)")
     try:
         with open(json_path) as f:
             info = json.load(f)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{json_path}: not valid JSON ({error})") from None
+        raise ModelError(f"{json_path}: not valid JSON ({error})") from None
     if not isinstance(info, dict) or info.get("model") not in MODELS or "num_landmarks" not in info:
-        raise ValueError(f"{json_path}: expected 'model' (one of {sorted(MODELS)}) and "
+        raise ModelError(f"{json_path}: expected 'model' (one of {sorted(MODELS)}) and "
                          "'num_landmarks'")
     return info
 
@@ -146,7 +148,7 @@ def load_model(directory, **model_kwargs):
         with ocp.StandardCheckpointer() as checkpointer:
             variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
     except (ValueError, KeyError, FileNotFoundError) as error:
-        raise ValueError(f"{directory}: variables do not fit {info['model']} with "
+        raise ModelError(f"{directory}: variables do not fit {info['model']} with "
                          f"{info['num_landmarks']} landmarks: {error}") from error
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), variables)
     return model, _to_plain_dicts(variables)
@@ -160,14 +162,14 @@ def _read_npz(path, target, info):
         with np.load(path) as archive:
             stored = {key: archive[key] for key in archive.files}
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable NumPy archive ({error})") from None
+        raise ModelError(f"{path}: not a readable NumPy archive ({error})") from None
     wanted = traverse_util.flatten_dict(_to_plain_dicts(target), sep="/")
     missing = sorted(set(wanted) - set(stored))
     extra = sorted(set(stored) - set(wanted))
     wrong = sorted(k for k in set(wanted) & set(stored)
                    if tuple(stored[k].shape) != tuple(wanted[k].shape))
     if missing or extra or wrong:
-        raise ValueError(f"{path}: variables do not fit {info['model']} with "
+        raise ModelError(f"{path}: variables do not fit {info['model']} with "
                          f"{info['num_landmarks']} landmarks (missing {missing[:3]}, unexpected "
                          f"{extra[:3]}, wrong shapes {wrong[:3]})")
     flat = {key: np.asarray(stored[key], np.float32) for key in wanted}

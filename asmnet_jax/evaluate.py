@@ -54,6 +54,7 @@ from asmnet_jax import landmarks as lm
 from asmnet_jax import metrics
 from asmnet_jax.data import pipeline
 from asmnet_jax.data.errors import DataError
+from asmnet_jax.errors import AsmnetError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ OUTPUT_FILES = {"json": "results.json", "report": "report.md", "ced": "ced.png",
                 "per_face_npz": "per_face.npz"}
 
 
-class EvalError(ValueError):
+class EvalError(AsmnetError, ValueError):
     """Bad input to the evaluation (path, dataset, split, option); the message names it."""
 
 

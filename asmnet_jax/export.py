@@ -52,6 +52,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from asmnet_jax.errors import AsmnetError
+
 #: Max abs difference allowed between the JAX model and the SavedModel / float32 TFLite outputs.
 FLOAT32_TOLERANCE = 1e-3
 #: Max abs difference allowed for the float16-weight TFLite model (landmarks in model units, where
@@ -74,7 +76,7 @@ SAVED_MODEL_PLATFORMS = ("cpu", "cuda", "tpu")
 TF_MISSING = ('TensorFlow is not installed; asmnet-export needs it: pip install -e ".[export]"')
 
 
-class ExportError(Exception):
+class ExportError(AsmnetError):
     """A problem the user can fix (missing TensorFlow, bad arguments); printed without traceback."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from asmnet_jax import checkpoints as model_io
 from asmnet_jax.data import crop
+from asmnet_jax.errors import ModelError, OptionError
 
 DEFAULT_INPUT_SIZE = 224
 #: Where the package keeps its trained models (one model directory each).
@@ -80,15 +81,15 @@ class LoadedModel:
 def _read_config(workdir: str) -> Dict[str, Any]:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{workdir}: no config.json (not a training workdir of asmnet-train)")
+        raise ModelError(f"{workdir}: no config.json (not a training workdir of asmnet-train)")
     try:
         with open(path) as f:
             config = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise ModelError(f"{path}: not valid JSON ({err})") from None
     for key in ("model", "num_landmarks", "input_size"):
         if key not in config:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise ModelError(f"{path}: missing key {key!r}")
     return config
 
 
@@ -104,20 +105,20 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
     config = _read_config(workdir)
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
-        raise ValueError(f"{workdir}: no checkpoints/ folder (has the run saved a checkpoint?)")
+        raise ModelError(f"{workdir}: no checkpoints/ folder (has the run saved a checkpoint?)")
     # The same preservation settings as training are not needed to read: a plain manager.
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(create=False))
     try:
         steps = sorted(manager.all_steps())
         if not steps:
-            raise ValueError(f"{directory}: holds no checkpoint")
+            raise ModelError(f"{directory}: holds no checkpoint")
         if step is None:
             if which not in ("best", "latest"):
-                raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+                raise OptionError(f"which must be 'best' or 'latest', got {which!r}")
             step = _best_step(manager, directory) if which == "best" else steps[-1]
         elif step not in steps:
-            raise ValueError(f"{directory}: no checkpoint at step {step}; it has {steps}")
+            raise ModelError(f"{directory}: no checkpoint at step {step}; it has {steps}")
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     finally:
@@ -180,7 +181,7 @@ def _check_variables(model, variables, where: str) -> None:
     wrong = sorted(p for p in set(want_paths) & set(have_paths)
                    if tuple(want_paths[p]) != tuple(have_paths[p]))
     if missing or extra or wrong:
-        raise ValueError(f"{where}: variables do not fit the model (missing {missing[:3]}, "
+        raise ModelError(f"{where}: variables do not fit the model (missing {missing[:3]}, "
                          f"unexpected {extra[:3]}, wrong shapes {wrong[:3]})")
 
 
@@ -193,11 +194,16 @@ def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) 
       which: ``"best"`` (lowest validation NME) or ``"latest"``, for a workdir.
       **model_kwargs: module settings passed to :func:`asmnet_jax.models.create_model`
         (``dtype``, ``depthwise_impl``, ...).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist and names no shipped model.
+      ModelError: anything else that keeps the model from loading (not a workdir, checkpoint or
+        model directory; no such step; variables that do not fit); the message names the path.
     """
     path = resolve_model_path(path)
     if os.path.isfile(os.path.join(path, model_io.MODEL_JSON)):
         if step is not None:
-            raise ValueError(f"{path}: a model directory has no steps (step={step} given)")
+            raise ModelError(f"{path}: a model directory has no steps (step={step} given)")
         info = model_io.read_model_info(path)
         model, variables = model_io.load_model(path, **model_kwargs)
         return LoadedModel(model=model, variables=variables, model_name=info["model"],
@@ -209,11 +215,11 @@ def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) 
     parent = os.path.dirname(path)
     if os.path.basename(parent) == "checkpoints" and os.path.basename(path).isdigit():
         if step is not None and step != int(os.path.basename(path)):
-            raise ValueError(f"{path}: is the checkpoint of step {os.path.basename(path)}, "
+            raise ModelError(f"{path}: is the checkpoint of step {os.path.basename(path)}, "
                              f"but step={step} was given")
         return _load_run(os.path.dirname(parent), int(os.path.basename(path)), which,
                          model_kwargs)
-    raise ValueError(f"{path}: neither a training workdir (config.json + checkpoints/), one of its "
+    raise ModelError(f"{path}: neither a training workdir (config.json + checkpoints/), one of its "
                      "checkpoints (WORKDIR/checkpoints/STEP) nor a model directory (model.json + "
                      "variables/)")
 

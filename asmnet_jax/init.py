@@ -41,6 +41,7 @@ import numpy as np
 from flax import traverse_util
 
 from asmnet_jax.checkpoints import _to_plain_dicts
+from asmnet_jax.errors import AsmnetError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ IMAGENET_HOWTO = ('python -c "import keras; keras.applications.MobileNetV2('
                   'weights=\'imagenet\', include_top=False)"')
 
 
-class InitError(ValueError):
+class InitError(AsmnetError, ValueError):
     """Starting weights that cannot be had or do not fit; the message names the file."""
 
 

@@ -49,6 +49,7 @@ from functools import partial
 import h5py
 import numpy as np
 
+from asmnet_jax.errors import ModelError
 from asmnet_jax.landmarks import (authors_to_model_landmarks, authors_to_model_pose,
                                   check_num_landmarks)
 from asmnet_jax.models import MODELS, count_parameters, create_model
@@ -105,7 +106,7 @@ def _weight_kind(dataset_name: str) -> str:
 def _add_weight(layers, layer, kind, value, path):
     weights = layers.setdefault(layer, {})
     if kind in weights:
-        raise ValueError(f"{path}: Keras layer {layer!r} has two weights named {kind!r}")
+        raise ModelError(f"{path}: Keras layer {layer!r} has two weights named {kind!r}")
     weights[kind] = np.asarray(value, dtype=np.float32)
 
 
@@ -114,7 +115,7 @@ def _read_layer_groups(root, path) -> dict:
     layers = {}
     for layer in _attr_list(root, "layer_names"):
         if layer not in root:
-            raise ValueError(f"{path}: Keras layer {layer!r} is listed but has no group")
+            raise ModelError(f"{path}: Keras layer {layer!r} is listed but has no group")
         group = root[layer]
         names = _attr_list(group, "weight_names") or []
         # A nested model stores the weights of many layers in one group; its weight names are
@@ -123,7 +124,7 @@ def _read_layer_groups(root, path) -> dict:
         nested = len(owners) > 1
         for name in names:
             if name not in group:
-                raise ValueError(f"{path}: Keras layer {layer!r} lists weight {name!r}, "
+                raise ModelError(f"{path}: Keras layer {layer!r} lists weight {name!r}, "
                                  "which the file does not contain")
             owner = name.split("/")[-2] if nested else layer
             _add_weight(layers, owner, _weight_kind(name), group[name][()], path)
@@ -141,13 +142,13 @@ def _read_keras3_weights_file(group, path, layers=None) -> dict:
         if variables is None or len(variables) == 0:
             continue
         if "name" not in variables.attrs:
-            raise ValueError(f"{path}: this Keras 3 weights file does not record layer names "
+            raise ModelError(f"{path}: this Keras 3 weights file does not record layer names "
                              f"(group 'layers/{key}'); save the model with model.save('x.h5')")
         layer = _text(variables.attrs["name"])
         layer_class = re.sub(r"_\d+$", "", key)
         order = _KERAS3_VARIABLES.get(layer_class)
         if order is None or len(variables) > len(order):
-            raise ValueError(f"{path}: Keras layer {layer!r} is a {layer_class!r} with "
+            raise ModelError(f"{path}: Keras layer {layer!r} is a {layer_class!r} with "
                              f"{len(variables)} weights, which no MobileNetV2-derived model has")
         for index, kind in enumerate(order[:len(variables)]):
             _add_weight(layers, layer, kind, variables[str(index)][()], path)
@@ -159,13 +160,13 @@ def read_keras_weights(path) -> dict:
 
     Returns {Keras layer name: {weight name: float32 array}}, weight names without ``:0`` and with
     depthwise kernels called ``kernel`` (shape (3, 3, C, 1), as Keras stores them). Layers without
-    weights are left out. Raises FileNotFoundError or ValueError naming the file.
+    weights are left out. Raises FileNotFoundError or ModelError naming the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
-        raise ValueError(f"{path}: not an HDF5 file (expected a Keras .h5 model or weights file)")
+        raise ModelError(f"{path}: not an HDF5 file (expected a Keras .h5 model or weights file)")
     with h5py.File(path, "r") as f:
         if "model_weights" in f and _attr_list(f["model_weights"], "layer_names") is not None:
             layers = _read_layer_groups(f["model_weights"], path)
@@ -174,7 +175,7 @@ def read_keras_weights(path) -> dict:
         elif isinstance(f.get("layers"), h5py.Group):
             layers = _read_keras3_weights_file(f, path)
         else:
-            raise ValueError(f"{path}: an HDF5 file, but not a Keras model or weights file "
+            raise ModelError(f"{path}: an HDF5 file, but not a Keras model or weights file "
                              f"(top-level entries: {sorted(f.keys())[:_MAX_LISTED]})")
     return layers
 
@@ -244,18 +245,18 @@ def _find_heads(layers, path):
         poses = [layer for layer, size in dense.items() if size == 3]
         marks = [layer for layer, size in dense.items() if size != 3 and size % 2 == 0]
         if len(poses) != 1 or len(marks) != 1:
-            raise ValueError(
+            raise ModelError(
                 f"{path}: cannot identify the heads: expected Dense layers {LANDMARK_HEAD!r} "
                 f"(2n outputs) and {POSE_HEAD!r} (3 outputs), found Dense layers "
                 f"{ {layer: size for layer, size in dense.items()} }")
         landmark, pose = marks[0], poses[0]
     size = outputs(landmark)
     if size is None or size % 2:
-        raise ValueError(f"{path}: Keras layer {landmark!r} is not a Dense layer with 2n outputs")
+        raise ModelError(f"{path}: Keras layer {landmark!r} is not a Dense layer with 2n outputs")
     try:
         num_landmarks = check_num_landmarks(size // 2)
     except ValueError as error:
-        raise ValueError(f"{path}: Keras layer {landmark!r}: {error}") from None
+        raise ModelError(f"{path}: Keras layer {landmark!r}: {error}") from None
     return landmark, pose, num_landmarks
 
 
@@ -264,7 +265,7 @@ def _detect_model(layers, path):
     missing = [name for name in MOBILENET_MARKERS if name not in layers]
     if missing:
         found = sorted(layers)[:_MAX_LISTED]
-        raise ValueError(f"{path}: not a MobileNetV2-derived Keras model (no layer "
+        raise ModelError(f"{path}: not a MobileNetV2-derived Keras model (no layer "
                          f"{missing[0]!r}; layers with weights: {found}"
                          f"{' ...' if len(layers) > _MAX_LISTED else ''})")
     full = "Conv_1" in layers or any(name.startswith("block_16_") for name in layers)
@@ -302,8 +303,8 @@ def load_keras_h5(path, convert_coordinates: bool = True):
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: not HDF5, not a MobileNetV2-derived Keras model, or a missing, extra or
-        mis-shaped weight; the message names the file and the Keras layer.
+      ModelError (a ValueError): not HDF5, not a MobileNetV2-derived Keras model, or a missing,
+        extra or mis-shaped weight; the message names the file and the Keras layer.
     """
     from flax import traverse_util
 
@@ -345,7 +346,7 @@ def load_keras_h5(path, convert_coordinates: bool = True):
     if problems:
         listed = "; ".join(problems[:_MAX_LISTED])
         more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-        raise ValueError(f"{path}: does not match {name} with {num_landmarks} landmarks: "
+        raise ModelError(f"{path}: does not match {name} with {num_landmarks} landmarks: "
                          f"{listed}{more}")
 
     if convert_coordinates:
@@ -362,17 +363,17 @@ def load_keras_h5(path, convert_coordinates: bool = True):
 
 
 def _check_tree(variables, model, path):
-    """Raises ValueError unless ``variables`` has exactly the tree and shapes of ``model.init``."""
+    """Raises ModelError unless ``variables`` has exactly the tree and shapes of ``model.init``."""
     import jax
 
     expected = _abstract_variables(model)
     if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(expected):
-        raise ValueError(f"{path}: imported variables do not have the tree of "
+        raise ModelError(f"{path}: imported variables do not have the tree of "
                          f"{type(model).__name__}")
     for (key, got), want in zip(jax.tree_util.tree_leaves_with_path(variables),
                                 jax.tree_util.tree_leaves(expected)):
         if got.shape != want.shape or got.dtype != want.dtype:
-            raise ValueError(f"{path}: {jax.tree_util.keystr(key)} is {got.shape} {got.dtype}, "
+            raise ModelError(f"{path}: {jax.tree_util.keystr(key)} is {got.shape} {got.dtype}, "
                              f"expected {want.shape} {want.dtype}")
 
 

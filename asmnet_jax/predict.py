@@ -63,6 +63,7 @@ import numpy as np
 from asmnet_jax import landmarks as lm
 from asmnet_jax.data import crop, geometry
 from asmnet_jax.data.pose import rotation_matrix
+from asmnet_jax.errors import AsmnetError
 from asmnet_jax.inference import DEFAULT_MODEL
 
 PROG = "asmnet-predict"
@@ -72,7 +73,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 PREDICTIONS_JSON = "predictions.json"
 
 
-class PredictError(Exception):
+class PredictError(AsmnetError):
     """A user-facing error (bad input file, option or model); the CLI prints it and exits 1."""
 
 

@@ -34,6 +34,7 @@ from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config, unknown_key_message
 from asmnet_jax.data import augment, examples, geometry, pipeline
 from asmnet_jax.depthwise import IMPLS
+from asmnet_jax.errors import AsmnetError
 from asmnet_jax.losses import LANDMARK_LOSSES
 from asmnet_jax.models import INPUT_RANGES, MODELS, create_model
 
@@ -45,11 +46,11 @@ SCHEDULES = ("cosine", "constant", "authors_cyclic")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
-class ConfigError(ValueError):
+class ConfigError(AsmnetError, ValueError):
     """A configuration key with a bad value; the message names the key."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(AsmnetError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

@@ -7,10 +7,12 @@ import logging
 import os
 from typing import List, Optional
 
+from asmnet_jax.errors import AsmnetError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(AsmnetError, ValueError):
     """Bad input data; the message starts with ``path[:line]``."""
 
     def __init__(self, path, message: str, line: Optional[int] = None):

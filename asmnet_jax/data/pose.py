@@ -36,13 +36,14 @@ import numpy as np
 
 from asmnet_jax.data import face3d
 from asmnet_jax.data.errors import DataError
+from asmnet_jax.errors import AsmnetError
 from asmnet_jax.landmarks import check_num_landmarks
 
 #: Template frame (y up, z toward the viewer) <-> OpenCV camera frame (y down, z forward).
 CAMERA_FLIP = np.diag([1.0, -1.0, -1.0])
 
 
-class PoseFitError(ValueError):
+class PoseFitError(AsmnetError, ValueError):
     """The landmarks could not be fitted (bad input or no solution in front of the camera)."""
 
 

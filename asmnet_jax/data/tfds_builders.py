@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from asmnet_jax.data import crop, examples, pose as pose_lib, splits, w300, wflw
 from asmnet_jax.data.errors import DataError, MissingSplit
+from asmnet_jax.errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +206,13 @@ BUILDERS = {"w300": W300, "wflw": Wflw, "synthetic_faces": SyntheticFaces}
 def get_builder(name: str, data_dir=None, config: Optional[str] = None):
     """The builder ``name`` ('w300', 'wflw', 'synthetic_faces'), configuration ``config``."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
+        raise OptionError(f"unknown dataset {name!r}; choose one of {sorted(BUILDERS)}")
     kwargs = {"data_dir": os.fspath(data_dir)} if data_dir is not None else {}
     if config is not None:
+        configs = [c.name for c in BUILDERS[name].BUILDER_CONFIGS]
+        if config not in configs:
+            raise OptionError(f"dataset {name!r} has no builder config {config!r} (--tfds-config); "
+                              f"it has {', '.join(configs)}")
         kwargs["config"] = config
     return BUILDERS[name](file_format="array_record", **kwargs)
 
@@ -217,8 +222,8 @@ def build(name: str, manual_dir=None, data_dir=None, config: Optional[str] = Non
     builder = get_builder(name, data_dir, config)
     if name != "synthetic_faces":
         if manual_dir is None:
-            raise ValueError(f"dataset {name!r} is built from its official download: pass "
-                             "manual_dir (--manual-dir)")
+            raise OptionError(f"dataset {name!r} is built from its official download: pass "
+                              "manual_dir (--manual-dir)")
         if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
             raise DataError(manual_dir, f"manual directory of {name!r} is missing or empty. "
                             + BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS)
@@ -236,6 +241,6 @@ def data_source(name: str, split: str, data_dir=None, config: Optional[str] = No
             f"dataset {name!r} (config {builder.builder_config.name!r}) is not built in "
             f"{builder.data_dir}; build it with: asmnet-build-data {name} --manual-dir DIR")
     if split not in builder.info.splits:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; it has "
-                         f"{sorted(builder.info.splits)}")
+        raise OptionError(f"dataset {name!r} has no split {split!r}; it has "
+                          f"{sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
