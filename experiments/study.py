@@ -9,8 +9,10 @@ momentum 0.9) and changes one thing: the starting weights (scratch, synthetic-pr
 input size, the loss (the paper's L2, no ASM term), the learning rate, the BN momentum, the
 augmentation strength, or the whole recipe (the authors': from scratch, L2, triangular cyclic
 schedule to 1e-2). All cells train for ``--epochs`` (a short budget, so that a row costs minutes
-rather than the recipe's 45), except ``recipe`` which trains for the config file's epochs: the
-CPU recipe itself. Each run also reports its validation NME with test-time flip averaging
+rather than the recipe's 45), except the two full-length rows: ``recipe`` (the first CPU recipe,
+35 epochs, raw weights) and ``recipe_ema`` (the config file as it stands: a weight average,
+its own epochs). The other rows evaluate the raw weights, as the first recipe did
+(``STUDY_BASE``); the ``ema`` row adds the average. Each run also reports its validation NME with test-time flip averaging
 (``final_flip_eval``).
 
 ``synthetic`` needs ``--synthetic-model``: a workdir or model directory of ASMNet trained on
@@ -56,8 +58,14 @@ CELLS = (
      {**SCRATCH, "landmark_loss": "l2", "optimizer.schedule": "authors_cyclic",
       "optimizer.learning_rate": 1e-2, "batch_size": 70, "bn_momentum": 0.999,
       "head_init": "keras"}),
-    ("recipe", "the CPU recipe, full length", "epochs", {}),
+    ("ema", "weight average (EMA 0.995)", "evaluated weights", {"ema_decay": 0.995}),
+    ("recipe", "first CPU recipe, 35 epochs", "epochs", {"num_epochs": 35}),
+    ("recipe_ema", "the CPU recipe (EMA), full length", "epochs, weights", {"ema_decay": None}),
 )
+
+#: What every cell holds unless it sets it: the rows compare against the first recipe, which
+#: evaluated the raw weights (the config file now keeps a weight average; see the ``ema`` row).
+STUDY_BASE = {"ema_decay": 0.0}
 
 
 def add_arguments(parser):
@@ -79,8 +87,11 @@ def make_cells(args, file_config):
             if not args.synthetic_model:
                 continue
             settings["init_path"] = os.path.abspath(args.synthetic_model)
-        epochs = file_config.num_epochs if key == "recipe" else args.epochs
-        settings["num_epochs"] = epochs
+        if key == "recipe_ema":  # the config file as it stands
+            settings = {"ema_decay": file_config.ema_decay, "num_epochs": file_config.num_epochs}
+        settings = {**STUDY_BASE, **settings}
+        settings.setdefault("num_epochs", args.epochs)
+        epochs = settings["num_epochs"]
         imagenet = settings.get("init", file_config.init) == "imagenet"
         defaults = {"init_path": os.path.abspath(args.imagenet)} if imagenet and args.imagenet \
             else {}
@@ -90,14 +101,16 @@ def make_cells(args, file_config):
 
 
 def row_names(row):
-    shown = {k: v for k, v in row["settings"].items() if k not in ("num_epochs", "init_path")}
+    shown = {k: v for k, v in row["settings"].items()
+             if k not in ("num_epochs", "init_path") and STUDY_BASE.get(k, "-") != v}
     return [row["label"], row["extra"]["changes"], str(row["extra"]["epochs"]),
             ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"]
 
 
 def notes(args, cells):
-    return ["every cell is the config file with one change (the settings column) and "
-            f"{args.epochs} epochs, except 'recipe' (the file's own epochs)",
+    return ["every cell is the config file without its weight average (ema_decay=0, the first "
+            "recipe) with one change (the settings column) and "
+            f"{args.epochs} epochs, except the two full-length recipe rows",
             "'with flip averaging': the same final model, each face also predicted mirrored and "
             "mapped back with the 68-point mirror order, the two averaged"]
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import _grid  # noqa: E402
 import ablation  # noqa: E402
 import asm_accuracy  # noqa: E402
+import study  # noqa: E402
 
 TINY = ["--config", str(ROOT / "configs" / "default.py"), "--set", "input_size=64",
         "--set", "synthetic.train=32", "--set", "synthetic.validation=16", "--set", "batch_size=8",
@@ -90,6 +91,30 @@ def test_the_mnv2_cells_drop_the_head_penalty():
             for k in ("ASMNet", "ASMNet_nr", "mnv2_r", "mnv2")] == [
         ("asmnet", True, 0.01), ("asmnet", False, 0.01), ("mnv2", True, 0.0),
         ("mnv2", False, 0.0)]
+
+
+def test_the_study_cells_change_one_thing_from_the_first_recipe():
+    config_file = _grid.default_config_file("asmnet_300w_cpu.py")
+    file_config = _grid.load_config_file(config_file)
+    args = _grid.parser_for(study.GRID, config_file).parse_args(
+        ["--workdir", "unused", "--epochs", "8", "--imagenet", "/w/imagenet.h5"])
+    cells = {c.key: c for c in study.make_cells(args, file_config)}
+    assert "synthetic" not in cells  # needs --synthetic-model
+    configs = {k: _grid.config_as_dict(_grid.build_config(config_file, [], c, 0))
+               for k, c in cells.items()}
+    reference = configs["reference"]
+    assert reference["ema_decay"] == 0.0 and reference["num_epochs"] == 8
+    assert reference["init_path"] == "/w/imagenet.h5"
+    for key, cell in cells.items():
+        changed = {line.split(":")[0] for line in _grid.config_differences(reference, configs[key])}
+        assert changed <= set(cell.settings) | {"init_path"}, (key, changed)
+        assert {k for k in cell.settings if _grid._flatten(configs[key]).get(k)
+                != _grid._flatten(reference).get(k)} == changed - {"init_path"}, key
+    assert configs["ema"]["ema_decay"] == 0.995
+    assert configs["recipe"]["num_epochs"] == 35 and configs["recipe"]["ema_decay"] == 0.0
+    assert configs["recipe_ema"]["ema_decay"] == file_config.ema_decay
+    assert configs["recipe_ema"]["num_epochs"] == file_config.num_epochs
+    assert configs["scratch"]["init"] == "scratch" and configs["scratch"]["init_path"] == ""
 
 
 def test_config_differences_ignore_runtime_keys():
