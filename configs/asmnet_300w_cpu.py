@@ -7,7 +7,8 @@ Build the data once, then train (the validation split is carved out of the train
 
 The backbone starts from the ImageNet MobileNetV2 weights (the Keras file in ~/.keras/models, or
 --config.init_path=FILE) with its BatchNorms re-estimated on training crops. The settings come from
-the study in experiments/study.py (experiments/results/study_300w.md).
+the study in experiments/study.py (experiments/results/study_300w_cpu.md); on 2026-12-03 this file
+trained in 35 min 20 s to 4.58 % validation NME (4.49 % with flip averaging).
 """
 
 from asmnet_jax.config_base import base_config
@@ -36,11 +37,15 @@ def get_config():
     c.num_workers = 0
     # Optimisation.
     c.batch_size = 32
-    c.num_epochs = 35
+    c.num_epochs = 28
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_epochs = 3.0
+    # Evaluate and ship an exponential moving average of the weights: the raw weights swing by
+    # several points of NME while the learning rate is high, the average does not (the study's
+    # 'ema' row), so fewer epochs reach a lower NME.
+    c.ema_decay = 0.995
     c.seed = 0
     c.final_flip_eval = True
     # Logging, evaluation, checkpoints: every second epoch (each costs ~5 s on 2 cores).
