@@ -1,9 +1,11 @@
-"""``asmnet-eval``: a trained model's NME, failure rate, AUC, CED and pose MAE on dataset splits.
+"""A trained model's NME, failure rate, AUC, CED and pose MAE on dataset splits.
 
-    asmnet-eval --workdir runs/asmnet_300w        # best checkpoint; common, challenging, full
-    asmnet-eval --workdir runs/x --which latest --split validation test
-    asmnet-eval --checkpoint runs/x/checkpoints/3000 --split common,challenging
-    asmnet-eval --checkpoint models/authors_wflw --dataset wflw --data-dir ~/tensorflow_datasets
+The command is ``asmnet-eval`` (:mod:`asmnet_jax.cli.eval`)::
+
+    asmnet-eval --model runs/asmnet_300w          # best checkpoint; common, challenging, full
+    asmnet-eval --model runs/x --which latest --split validation test
+    asmnet-eval --model runs/x/checkpoints/3000 --split common,challenging
+    asmnet-eval --model models/authors_wflw --dataset wflw --data-dir ~/tensorflow_datasets
 
 The model comes from :func:`asmnet_jax.inference.load` (a training workdir, one of its checkpoints
 ``WORKDIR/checkpoints/STEP``, or a model directory). The data: ``synthetic`` (the run's own
@@ -37,14 +39,12 @@ training (:func:`asmnet_jax.train.evaluate`) calls it too.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -53,12 +53,10 @@ import numpy as np
 from asmnet_jax import landmarks as lm
 from asmnet_jax import metrics
 from asmnet_jax.data import pipeline
-from asmnet_jax.data.errors import DataError
 from asmnet_jax.errors import AsmnetError
 
 log = logging.getLogger(__name__)
 
-PROG = "asmnet-eval"
 DATASETS = ("synthetic", "w300", "wflw", "synthetic_faces")
 SYNTHETIC_SPLITS = ("train", "validation", "test")
 #: The 300W full set is the union of these two test sets.
@@ -619,7 +617,7 @@ def default_out_dir(loaded) -> str:
     return os.path.abspath(f"eval_{os.path.basename(os.path.normpath(loaded.path))}")
 
 
-def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
+def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
                         splits: Optional[Sequence[str]] = None, data_dir=None,
                         tfds_config: Optional[str] = None, normaliser: str = "inter_ocular",
                         threshold: float = metrics.DEFAULT_THRESHOLD,
@@ -628,11 +626,13 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
                         grid_faces: int = GRID_FACES, flip: bool = False) -> Dict:
     """Evaluates a model (see the module docstring) and writes the outputs; returns the JSON dict.
 
+    ``model`` is a :class:`asmnet_jax.inference.LoadedModel`, or what
+    :func:`asmnet_jax.inference.load` takes (then loaded with ``which`` and ``step``).
     ``threshold`` is a fraction of the normaliser; ``batch_size`` must be divisible by the local
     device count. ``flip`` averages every prediction with the mirrored prediction on the
     horizontally flipped crop (test-time augmentation, :func:`asmnet_jax.steps.eval_step`).
-    Raises :class:`EvalError`, ``ValueError`` or ``FileNotFoundError`` (naming the path, split or
-    key) on bad input.
+    Raises :class:`EvalError`, another :class:`asmnet_jax.errors.AsmnetError` (a model or data
+    that cannot be read) or ``FileNotFoundError``, naming the path, split or option.
     """
     import jax
 
@@ -648,7 +648,8 @@ def evaluate_checkpoint(path, *, dataset: Optional[str] = None,
                         f"{len(devices)} local devices")
     if which not in ("best", "latest"):
         raise EvalError(f"--which must be best or latest, got {which!r}")
-    loaded = inference.load(path, step=step, which=which)
+    loaded = (model if isinstance(model, inference.LoadedModel)
+              else inference.load(model, step=step, which=which))
     config = _data_config(loaded)
     dataset = dataset or (config.get("dataset") if loaded.config is not None
                           else _model_dataset(loaded.path))
@@ -732,79 +733,3 @@ def _split_errors(split: str, nme: Mapping[str, Mapping[str, np.ndarray]],
     if split in nme:
         return nme[split][normaliser]
     return metrics.full_set_nme(*(nme[p][normaliser] for p in FULL_SET_PARTS))
-
-
-# ----------------------------------------------------------------------------------------------
-# The command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Evaluates a checkpoint: NME, failure rate, AUC, CED and pose MAE "
-        "per split, with paper-style tables, plots and per-face results.")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--workdir", help="training workdir of asmnet-train")
-    what.add_argument("--checkpoint", help="WORKDIR/checkpoints/STEP, or a model directory "
-                      "(model.json + variables/)")
-    what.add_argument("--model", help="any of those, or the name of a model shipped with the "
-                      "package (e.g. asmnet-300w)")
-    parser.add_argument("--which", choices=("best", "latest"), default="best",
-                        help="checkpoint of a workdir: lowest validation NME or newest "
-                             "(default best)")
-    parser.add_argument("--step", type=int, help="checkpoint step of a workdir")
-    parser.add_argument("--dataset", choices=DATASETS,
-                        help="default: the run's config.json (required for a model directory "
-                             "without one)")
-    parser.add_argument("--data-dir", help="TFDS data directory (default: the run's data_dir, "
-                                           "else TFDS's)")
-    parser.add_argument("--tfds-config", help="TFDS builder config (synthetic_faces: default, "
-                                              "small, wflw98; wflw: default, detection)")
-    parser.add_argument("--split", nargs="+", metavar="SPLIT",
-                        help="splits, space- or comma-separated (default: 300W common "
-                             "challenging (+ full), WFLW test and its attribute subsets, "
-                             "synthetic validation)")
-    parser.add_argument("--normaliser", choices=metrics.NORMALISERS, default="inter_ocular",
-                        help="NME normaliser of the headline numbers (default inter_ocular; "
-                             "98-point data also reports inter-ocular and inter-pupil)")
-    parser.add_argument("--threshold", type=float, default=metrics.DEFAULT_THRESHOLD,
-                        help="failure / AUC threshold on the NME, a fraction (default 0.1)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--grid", type=int, default=GRID_FACES,
-                        help=f"faces in predictions.png (default {GRID_FACES}; 0: none)")
-    parser.add_argument("--flip", action="store_true",
-                        help="test-time flip averaging: each face is also predicted mirrored "
-                             "left to right, mapped back with the markup's mirror order, and "
-                             "the two predictions averaged")
-    parser.add_argument("--out", help="output directory (default WORKDIR/eval/STEP, or "
-                                      "./eval_NAME for a model directory)")
-    return parser
-
-
-def _quiet_logs() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "orbax", "grain", "tensorflow", "tensorflow_datasets",
-                  "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def main(argv=None) -> int:
-    """``asmnet-eval``: prints the report (markdown), then the results JSON as the last line.
-    Returns 0, or 1 with ``asmnet-eval: error: ...`` on stderr for bad input."""
-    args = build_parser().parse_args(argv)
-    _quiet_logs()
-    try:
-        output = evaluate_checkpoint(
-            args.workdir or args.checkpoint or args.model, dataset=args.dataset, splits=args.split,
-            data_dir=args.data_dir, tfds_config=args.tfds_config, normaliser=args.normaliser,
-            threshold=args.threshold, batch_size=args.batch_size, out=args.out,
-            which=args.which, step=args.step, grid_faces=args.grid, flip=args.flip)
-    except (EvalError, DataError, ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    print(output.pop("report"))
-    print(json.dumps(output))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

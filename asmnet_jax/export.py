@@ -1,4 +1,6 @@
-"""Export a trained model to a TensorFlow SavedModel and TFLite files for phones (``asmnet-export``).
+"""Export a trained model to a TensorFlow SavedModel and TFLite files for phones.
+
+The command is ``asmnet-export`` (:mod:`asmnet_jax.cli.export`).
 
 The route is JAX -> ``jax2tf.convert`` (native serialization: the network travels as a StableHLO
 module inside one ``XlaCallModule`` TF op) -> ``tf.saved_model.save`` and
@@ -21,7 +23,7 @@ same name) takes ``images``: float32 RGB (B, S, S, 3) in [0, 1], S = the model's
 crop made as in training (a square box around the face widened by ``margin`` of its side on each
 side). It returns ``landmarks`` (B, 2n) in model coordinates (interleaved x, y; ``(x_px + 0.5) / S -
 0.5``, see :mod:`asmnet_jax.landmarks`) and ``pose`` (B, 3) yaw, pitch, roll in radians. The
-SavedModel takes any batch; a TFLite file has a fixed batch (``--batch``, default 1).
+SavedModel takes any batch; a TFLite file has a fixed batch (``--batch-size``, default 1).
 ``export.json`` beside the outputs says all this for an app.
 
 Written files, in ``--out DIR``::
@@ -41,11 +43,9 @@ default runtime.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -396,7 +396,7 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
     """
     tf, _ = import_tensorflow()
     if batch < 1:
-        raise ExportError(f"--batch must be >= 1, got {batch}")
+        raise ExportError(f"--batch-size must be >= 1, got {batch}")
     if verify_images < 1:
         raise ExportError(f"the number of verification images must be >= 1, got {verify_images}")
     if threads < 1:
@@ -500,76 +500,3 @@ def format_table(report: Dict[str, Any]) -> str:
         lines.append(f"{report['files'][key]['path']}: non-builtin ops {names} "
                      "(phones without the Flex delegate cannot run them)")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """``asmnet-export MODEL_PATH --out DIR [options]``; returns the exit status.
-
-    Prints progress to stderr, a table and, as the last stdout line, one JSON object
-    (model, sizes in bytes, max abs differences, latency in ms, ok). Exit status 1 on a bad model
-    path, missing TensorFlow, or an export that differs from the JAX model by more than the bound.
-    """
-    parser = argparse.ArgumentParser(
-        prog="asmnet-export",
-        description="Export a trained ASMNet / mnv2 to a TF SavedModel and TFLite (builtin ops only) "
-                    "through jax2tf, verify both against the JAX model on random images and time "
-                    "the TFLite model. Needs TensorFlow: pip install -e \".[export]\".")
-    parser.add_argument("model_path", help="training workdir, WORKDIR/checkpoints/STEP, or a model "
-                                           "directory (model.json + variables/)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--float16", action="store_true",
-                        help="also write model_fp16.tflite with float16 weights")
-    parser.add_argument("--which", choices=("best", "latest"), default="best",
-                        help="checkpoint of a workdir: lowest validation NME or newest")
-    parser.add_argument("--step", type=int, help="checkpoint step of a workdir (overrides --which)")
-    parser.add_argument("--no-tflite", action="store_true", help="write the SavedModel only")
-    parser.add_argument("--batch", type=int, default=1, help="fixed TFLite batch size (default 1)")
-    parser.add_argument("--latency-runs", type=int, default=50,
-                        help="timed TFLite runs after 5 warm-up runs; 0 skips timing (default 50)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="TFLite interpreter threads (default 1)")
-    parser.add_argument("--verify-images", type=int, default=4,
-                        help="random images compared with the JAX model (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the verification images")
-    args = parser.parse_args(argv)
-    if args.latency_runs < 0:
-        parser.error(f"--latency-runs must be >= 0, got {args.latency_runs}")
-
-    def fail(message) -> int:
-        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
-        return 1
-
-    def log(message):
-        print(f"{parser.prog}: {message}", file=sys.stderr, flush=True)
-
-    try:
-        import_tensorflow()  # before the (slow) model load, so a missing TF fails at once
-        from asmnet_jax import inference
-
-        loaded = inference.load(args.model_path, step=args.step, which=args.which)
-        log(f"loaded {loaded.model_name} ({loaded.num_landmarks} landmarks, "
-            f"{loaded.input_size} px) from {loaded.path}")
-        report = export(loaded, args.out, float16=args.float16, tflite=not args.no_tflite,
-                        batch=args.batch, verify_images=args.verify_images,
-                        latency_runs=args.latency_runs, threads=args.threads, seed=args.seed,
-                        log=log)
-    except (ExportError, OSError, ValueError) as error:
-        return fail(error)
-
-    print(format_table(report))
-    summary = {"model": loaded.model_name, "num_landmarks": loaded.num_landmarks,
-               "input_size": loaded.input_size, "source": loaded.path,
-               "out": os.path.abspath(args.out),
-               "bytes": {key: info["bytes"] for key, info in report["files"].items()},
-               "max_abs_diff": report["max_abs_diff"], "ok": report["ok"],
-               "latency_ms": report["latency_ms"]["median"] if report["latency_ms"] else None,
-               "latency": report["latency_ms"]}
-    print(json.dumps(summary), flush=True)
-    if not report["ok"]:
-        return fail("the exported model differs from the JAX model by more than the bound, or "
-                    "uses non-builtin TFLite ops (see the table)")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -39,11 +39,8 @@ the outputs equal the Keras model's.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
-import sys
 from functools import partial
 
 import h5py
@@ -52,7 +49,7 @@ import numpy as np
 from asmnet_jax.errors import ModelError
 from asmnet_jax.landmarks import (authors_to_model_landmarks, authors_to_model_pose,
                                   check_num_landmarks)
-from asmnet_jax.models import MODELS, count_parameters, create_model
+from asmnet_jax.models import create_model
 
 #: Layers every MobileNetV2-derived model has (used to recognise one).
 MOBILENET_MARKERS = ("Conv1", "bn_Conv1", "expanded_conv_depthwise")
@@ -71,7 +68,7 @@ _KERAS3_VARIABLES = {
 }
 _MAX_LISTED = 8
 
-__all__ = ["load_keras_h5", "read_keras_weights", "keras_layer_name", "main"]
+__all__ = ["load_keras_h5", "read_keras_weights", "keras_layer_name"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,48 +372,3 @@ def _check_tree(variables, model, path):
         if got.shape != want.shape or got.dtype != want.dtype:
             raise ModelError(f"{path}: {jax.tree_util.keystr(key)} is {got.shape} {got.dtype}, "
                              f"expected {want.shape} {want.dtype}")
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv=None) -> int:
-    """``asmnet-import-keras IN.h5 OUT_DIR [--no-convert] [--overwrite]``: .h5 -> orbax checkpoint.
-
-    Writes the checkpoint with :func:`asmnet_jax.checkpoints.save_model` and prints one JSON line
-    (model, num_landmarks, parameter counts, output directory) as its last output line.
-    """
-    from asmnet_jax.checkpoints import save_model
-
-    parser = argparse.ArgumentParser(
-        prog="asmnet-import-keras",
-        description="Import the authors' Keras ASMNet / mnv2 .h5 weights as an orbax checkpoint.")
-    parser.add_argument("input", help="Keras .h5 file (model.save or save_weights, Keras 2 or 3)")
-    parser.add_argument("output", help="checkpoint directory to write")
-    parser.add_argument("--no-convert", action="store_true",
-                        help="keep the authors' output conventions ((112 - x_px) / 224, "
-                             "degrees / 65) instead of this project's (crop-centred, radians)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing checkpoint in the output directory")
-    args = parser.parse_args(argv)
-
-    convert = not args.no_convert
-    try:
-        model, variables = load_keras_h5(args.input, convert_coordinates=convert)
-        model_name = {cls: key for key, cls in MODELS.items()}[type(model)]
-        extra = {"source": os.path.abspath(args.input),
-                 "coordinates": "project" if convert else "authors"}
-        output = save_model(args.output, model_name, model.num_landmarks, variables, extra=extra,
-                            overwrite=args.overwrite)
-    except (OSError, ValueError) as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    summary = {"model": model_name, "num_landmarks": model.num_landmarks,
-               "parameters": count_parameters(variables), "coordinates": extra["coordinates"],
-               "output": str(output)}
-    print(json.dumps(summary), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

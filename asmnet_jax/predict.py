@@ -1,4 +1,7 @@
-"""``asmnet-predict``: faces in photos -> landmarks and head pose, written as JSON and drawings.
+"""Faces in photos -> landmarks and head pose, written as JSON and drawings.
+
+The command is ``asmnet-predict`` (:mod:`asmnet_jax.cli.predict`); :func:`predict_files` does its
+work.
 
 The flow for each image (in the order given; a directory is walked for image files):
 
@@ -46,13 +49,11 @@ calibration, added with :func:`register_detector`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
 import math
 import os
-import sys
 import time
 from collections import deque
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -64,9 +65,7 @@ from asmnet_jax import landmarks as lm
 from asmnet_jax.data import crop, geometry
 from asmnet_jax.data.pose import rotation_matrix
 from asmnet_jax.errors import AsmnetError
-from asmnet_jax.inference import DEFAULT_MODEL
 
-PROG = "asmnet-predict"
 #: File name endings taken from a directory walk (case-insensitive); files named on the command
 #: line are read whatever their ending.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -74,7 +73,7 @@ PREDICTIONS_JSON = "predictions.json"
 
 
 class PredictError(AsmnetError):
-    """A user-facing error (bad input file, option or model); the CLI prints it and exits 1."""
+    """A user-facing error (bad input file or option); the command prints it and exits 1."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -873,96 +872,72 @@ def _drawing_path(output_dir: str, source: ImageInput, used: set, inputs: set) -
     return candidate
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Facial landmarks and head pose for the faces in photos. Writes "
-                    "OUT/predictions.json and a drawing OUT/<image>.png per image; the last "
-                    "stdout line is a JSON summary.",
-        epilog="Coordinates are 0-based pixels of the original image (pixel centres at "
-               "integers); angles are degrees: +yaw face toward the image right, +pitch chin up, "
-               "+roll clockwise.")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                        help="image files and directories (walked recursively for "
-                             + "/".join(e[1:] for e in IMAGE_EXTENSIONS) + " files)")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="a training workdir, WORKDIR/checkpoints/STEP, a model directory "
-                             "(save_model / asmnet-import-keras) or the name of a model shipped "
-                             f"with the package (default {DEFAULT_MODEL}: ASMNet trained on "
-                             "300W faces, for non-commercial research)")
-    parser.add_argument("--which", choices=("best", "latest"), default="best",
-                        help="checkpoint of a workdir: lowest validation NME or newest")
-    parser.add_argument("--step", type=int, help="checkpoint step of a workdir")
-    parser.add_argument("-o", "--output-dir", default="predictions",
-                        help="where predictions.json and the drawings go (default: predictions)")
-    parser.add_argument("--batch-size", type=int, default=16, help="faces per model call")
-    parser.add_argument("--boxes", metavar="FILE.json",
-                        help="face boxes {image: [[x_min, y_min, x_max, y_max], ...]} (pixels, the "
-                             "landmarks' bounding box); keys are image paths or file names")
-    parser.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
-                        help="a face box for the single input image (repeatable)")
-    parser.add_argument("--detector", default="auto",
-                        help="face detector for images without given boxes: auto, none, or one of "
-                             + ", ".join(sorted(DETECTORS)) + " (default auto: "
-                             + " else ".join(AUTO_ORDER) + ")")
-    parser.add_argument("--min-score", type=float,
-                        help="detector score threshold (default: the detector's)")
-    parser.add_argument("--flip", action="store_true",
-                        help="test-time flip averaging: each face is also predicted mirrored "
-                             "left to right and the two predictions averaged")
-    parser.add_argument("--no-draw", action="store_true", help="write the JSON only")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="report unreadable images instead of stopping at the first")
-    return parser
+def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 16,
+                  boxes_file: Optional[str] = None, box: Optional[Sequence[str]] = None,
+                  detector: str = "auto", min_score: Optional[float] = None, flip: bool = False,
+                  draw: bool = True, skip_bad: bool = False,
+                  warn: Callable[[str], None] = lambda message: None) -> dict:
+    """Predicts the faces in image files and directories; writes ``out/predictions.json`` and
+    (with ``draw``) one drawing per image; returns the summary.
 
+    Args:
+      inputs: image files and directories (walked for :data:`IMAGE_EXTENSIONS` files).
+      model: a :class:`asmnet_jax.inference.LoadedModel`, or a function of no arguments that
+        returns one: it is called only once the inputs, boxes and detector are found good.
+      out: output directory (created; images in it are not taken as inputs).
+      batch_size: faces per model call.
+      boxes_file: JSON ``{image: [[x_min, y_min, x_max, y_max], ...]}`` (:func:`read_boxes`).
+      box: ``"x0,y0,x1,y1"`` face boxes of the single input image.
+      detector: ``auto``, ``none`` or a name in :data:`DETECTORS`, for images without boxes.
+      min_score: detector score threshold (default: the detector's).
+      flip: test-time flip averaging.
+      skip_bad: report unreadable images in the output instead of raising.
+      warn: receives a line for each key of ``boxes_file`` that matches no input image.
 
-def run(args) -> dict:
-    """Runs the command for parsed ``args``; returns the summary. Raises :class:`PredictError`."""
+    Raises :class:`PredictError` (naming the file or option) for bad input.
+    """
     start = time.perf_counter()
-    if args.batch_size < 1:
-        raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.detector not in ("auto", "none") and args.detector not in DETECTORS:
-        choose_detector(args.detector)  # raises, naming the detectors there are
-    images = list_images(args.inputs, exclude=args.output_dir)
+    if batch_size < 1:
+        raise PredictError(f"--batch-size must be positive, got {batch_size}")
+    if detector not in ("auto", "none") and detector not in DETECTORS:
+        choose_detector(detector)  # raises, naming the detectors there are
+    images = list_images(inputs, exclude=out)
     if not images:
-        raise PredictError("no image files found in " + ", ".join(args.inputs))
-    given = read_boxes(args.boxes) if args.boxes else {}
+        raise PredictError("no image files found in " + ", ".join(map(str, inputs)))
+    given = read_boxes(boxes_file) if boxes_file else {}
     boxes, unused = match_boxes(images, given)
-    if args.box:
+    if box:
         if len(images) != 1:
             raise PredictError(f"--box needs exactly one input image, got {len(images)}; use "
                                "--boxes FILE.json for several")
-        boxes[images[0].path] = [parse_box(text) for text in args.box]
-    if not args.skip_bad:  # fail before the model is loaded (with --skip-bad: reported later)
+        boxes[images[0].path] = [parse_box(text) for text in box]
+    if not skip_bad:  # fail before the model is loaded (with skip_bad: reported later)
         for image in images:
             check_image_file(image.path)
     for key in unused:
-        print(f"{PROG}: warning: boxes key {key!r} matches no input image", file=sys.stderr)
+        warn(f"boxes key {key!r} matches no input image")
 
     detector_name, detect, calibration = "none", None, GIVEN_BOXES
-    if args.detector != "none" and any(image.path not in boxes for image in images):
-        spec = choose_detector(args.detector)
+    if detector != "none" and any(image.path not in boxes for image in images):
+        spec = choose_detector(detector)
         detector_name, calibration = spec.name, spec.calibration
-        detect = spec.build(args.min_score)
+        detect = spec.build(min_score)
 
     import jax
 
     from asmnet_jax import inference
 
-    try:
-        loaded = inference.load(args.model, step=args.step, which=args.which)
-    except (ValueError, FileNotFoundError) as error:
-        raise PredictError(f"--model: {error}") from None
-    predict = inference.make_predictor(loaded, flip=args.flip)
+    loaded = model if isinstance(model, inference.LoadedModel) else model()
+    predict = inference.make_predictor(loaded, flip=flip)
 
-    os.makedirs(args.output_dir, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     input_paths = {os.path.abspath(image.path) for image in images}
     used: set = set()
     records, drawings, no_faces, unreadable = [], [], [], []
     face_count = 0
     for result in predict_images(images, predict, loaded.input_size, loaded.margin,
-                                 args.batch_size, boxes=boxes, detect=detect,
-                                 calibration=calibration, skip_bad=args.skip_bad,
+                                 batch_size, boxes=boxes, detect=detect,
+                                 calibration=calibration, skip_bad=skip_bad,
                                  batch_multiple=jax.local_device_count()):
         record = {"image": result.source.path}
         if result.error is not None:
@@ -974,15 +949,15 @@ def run(args) -> dict:
             face_count += len(result.faces)
             if not result.faces:
                 no_faces.append(result.source.path)
-            if not args.no_draw:
-                path = _drawing_path(args.output_dir, result.source, used, input_paths)
+            if draw:
+                path = _drawing_path(out, result.source, used, input_paths)
                 write_image(path, draw_faces(result.image, result.faces))
                 record["drawing"] = path
                 drawings.append(path)
         records.append(record)
         result.image = None
 
-    json_path = os.path.join(args.output_dir, PREDICTIONS_JSON)
+    json_path = os.path.join(out, PREDICTIONS_JSON)
     document = {
         "model": loaded.describe(), "detector": detector_name,
         "coordinates": "0-based pixels of the original image, pixel centres at integers; "
@@ -1001,19 +976,3 @@ def run(args) -> dict:
             "unreadable": {"count": len(unreadable), "images": unreadable},
             "detector": detector_name, "model": loaded.path, "json": json_path,
             "drawings": drawings, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def main(argv=None) -> int:
-    """``asmnet-predict IMAGES_OR_DIR... --model PATH``; 0 on success, 1 on an error."""
-    args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except PredictError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

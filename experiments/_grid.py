@@ -371,11 +371,9 @@ def _tail(path: str, lines: int) -> str:
 
 def _run_cell_main(spec_path: str) -> int:
     """The runner: trains the run that ``spec_path`` (a cell.json) describes."""
-    import logging
+    from asmnet_jax.cli import quiet_logs
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "orbax", "grain", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_logs()
     spec = _read_json(spec_path)
     workdir = os.path.dirname(os.path.abspath(spec_path))
     cell = Cell(spec["cell"]["key"], spec["cell"]["label"], spec["cell"]["settings"],

@@ -42,12 +42,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from skimage import data
 
-    from asmnet_jax import predict
+    from asmnet_jax.cli import predict
 
     with tempfile.TemporaryDirectory() as tmp:
         photo = os.path.join(tmp, "astronaut.png")
         cv2.imwrite(photo, cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-        argv = [photo, "-o", os.path.join(tmp, "out")]
+        argv = [photo, "--out", os.path.join(tmp, "out")]
         argv += ["--model", args.model] if args.model else []
         argv += ["--flip"] if args.flip else []
         stdout = io.StringIO()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from asmnet_jax import evaluate, inference, metrics, train
+from asmnet_jax.cli import eval as eval_cli
 from asmnet_jax.data import examples, pipeline
 from test_train import tiny_config
 
@@ -32,21 +33,21 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(run):
-    """``asmnet-eval --workdir RUN --batch-size 8``: otherwise the defaults."""
+    """``asmnet-eval --model RUN --batch-size 8``: otherwise the defaults."""
     workdir, _ = run
-    code, stdout, stderr = _main(["--workdir", workdir, "--batch-size", "8"])
+    code, stdout, stderr = _main(["--model", workdir, "--batch-size", "8"])
     assert code == 0, stderr
     return os.path.join(workdir, "eval", "2"), stdout
 
 
 def _main(argv):
-    """Runs ``evaluate.main(argv)`` and returns (exit code, stdout, stderr)."""
+    """Runs ``asmnet-eval`` (``cli.eval.main(argv)``); returns (exit code, stdout, stderr)."""
     import contextlib
     import io
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = evaluate.main(argv)
+        code = eval_cli.main(argv)
     return code, stdout.getvalue(), stderr.getvalue()
 
 
@@ -136,7 +137,7 @@ def test_report_and_figures(evaluated):
 
 def test_several_splits_the_box_normaliser_and_options(run, tmp_path):
     workdir, _ = run
-    code, stdout, stderr = _main(["--workdir", workdir, "--which", "latest",
+    code, stdout, stderr = _main(["--model", workdir, "--which", "latest",
                                   "--split", "validation,test",
                                   "--normaliser", "box", "--threshold", "0.2", "--grid", "3",
                                   "--batch-size", "8", "--out", str(tmp_path)])
@@ -168,16 +169,16 @@ def _error(argv):
 
 def test_missing_checkpoint_is_named(tmp_path):
     missing = str(tmp_path / "nowhere")
-    assert missing in _error(["--checkpoint", missing])
+    assert missing in _error(["--model", missing])
 
 
 def test_missing_step_lists_the_steps(run):
-    message = _error(["--workdir", run[0], "--step", "7"])
+    message = _error(["--model", run[0], "--step", "7"])
     assert "step 7" in message and "[2]" in message
 
 
 def test_unknown_split_lists_the_available_ones(run):
-    message = _error(["--workdir", run[0], "--split", "validation", "commn"])
+    message = _error(["--model", run[0], "--split", "validation", "commn"])
     assert "'commn'" in message and "test, train, validation" in message
 
 
@@ -192,7 +193,7 @@ def test_a_landmark_count_mismatch_names_the_split(run, monkeypatch):
             return face98
 
     monkeypatch.setattr(evaluate, "open_source", lambda *args, **kwargs: Source())
-    message = _error(["--checkpoint", os.path.join(run[0], "checkpoints", "2")])
+    message = _error(["--model", os.path.join(run[0], "checkpoints", "2")])
     assert "68 points" in message and "98 points" in message and "'validation'" in message
 
 
@@ -202,13 +203,13 @@ def test_a_model_directory_needs_a_dataset(run, tmp_path):
     loaded = inference.load(run[0])
     model_dir = checkpoints.save_model(tmp_path / "model", "asmnet", 68, loaded.variables,
                                        extra={"input_size": SIZE})
-    message = _error(["--checkpoint", model_dir])
+    message = _error(["--model", model_dir])
     assert model_dir in message and "--dataset" in message
 
 
 def test_bad_options_are_errors(run):
-    assert "--batch-size" in _error(["--workdir", run[0], "--batch-size", "0"])
-    assert "--threshold" in _error(["--workdir", run[0], "--threshold", "-1"])
+    assert "--batch-size" in _error(["--model", run[0], "--batch-size", "0"])
+    assert "--threshold" in _error(["--model", run[0], "--threshold", "-1"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from asmnet_jax import export as export_lib
+from asmnet_jax.cli import export as export_cli
 from asmnet_jax.checkpoints import save_model
 from asmnet_jax.models import HEADS, create_model
 
@@ -88,7 +89,7 @@ def exported(tmp_path_factory):
     out = root / "out"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = export_lib.main([str(model_dir), "--out", str(out), "--float16",
+        code = export_cli.main(["--model", str(model_dir), "--out", str(out), "--float16",
                                 "--latency-runs", "3", "--verify-images", "2"])
     assert code == 0, stdout.getvalue()
     return model_dir, out, (model, variables), stdout.getvalue()
@@ -230,8 +231,8 @@ def test_mismatch_beyond_bound_fails_with_exit_1(exported, tmp_path, monkeypatch
 
     monkeypatch.setattr(export_lib, "save_saved_model", fake_save)
     monkeypatch.setattr(export_lib, "run_saved_model", fake_run)
-    code = export_lib.main([str(model_dir), "--out", str(tmp_path / "bad"), "--no-tflite",
-                            "--verify-images", "2"])
+    code = export_cli.main(["--model", str(model_dir), "--out", str(tmp_path / "bad"),
+                            "--no-tflite", "--verify-images", "2"])
     captured = capsys.readouterr()
     assert code == 1
     summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -243,19 +244,20 @@ def test_mismatch_beyond_bound_fails_with_exit_1(exported, tmp_path, monkeypatch
 
 @requires_tf
 def test_bad_model_path_is_a_one_line_error(tmp_path, capsys):
-    code = export_lib.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    code = export_cli.main(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err.strip().startswith("asmnet-export: error:")
     assert "missing" in captured.err and "Traceback" not in captured.err
     (tmp_path / "empty").mkdir()
-    assert export_lib.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert export_cli.main(["--model", str(tmp_path / "empty"), "--out",
+                            str(tmp_path / "out")]) == 1
     assert "neither a training workdir" in capsys.readouterr().err
 
 
 def test_missing_tensorflow_says_how_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
-    code = export_lib.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    code = export_cli.main(["--model", str(tmp_path), "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1
     assert 'asmnet-export: error: TensorFlow is not installed' in captured.err

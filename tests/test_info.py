@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from asmnet_jax.cli import info_main
+from asmnet_jax.cli import info as info_cli
 from asmnet_jax.info import model_info
 
 
@@ -28,10 +28,11 @@ def test_macs_scale_with_the_input_area():
 
 
 def test_cli_prints_a_table_and_json(capsys):
-    assert info_main(["--model", "asmnet", "--input-size", "96"]) == 0
+    assert info_cli.main(["--arch", "asmnet", "--input-size", "96"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[0] == "model"
     rows = json.loads(lines[-1])
     assert rows[0]["model"] == "asmnet" and rows[0]["input_size"] == 96
-    with pytest.raises(SystemExit):
-        info_main(["--input-size", "100"])
+    with pytest.raises(SystemExit) as exit_info:
+        info_cli.main(["--input-size", "100"])
+    assert exit_info.value.code == 2

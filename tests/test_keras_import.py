@@ -22,7 +22,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from asmnet_jax.checkpoints import load_model, read_model_info  # noqa: E402
-from asmnet_jax.keras_import import load_keras_h5, main  # noqa: E402
+from asmnet_jax.cli.import_keras import main  # noqa: E402
+from asmnet_jax.keras_import import load_keras_h5  # noqa: E402
 from asmnet_jax.landmarks import authors_to_model_landmarks, authors_to_model_pose  # noqa: E402
 from asmnet_jax.models import ASMNet, MobileNetV2Baseline, create_model  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_weights_only_file_matches_full_model_file(case_name, request):
 def test_cli_checkpoint_round_trip(asmnet68_keras2, tmp_path, capsys):
     case = asmnet68_keras2
     out = tmp_path / "imported"
-    assert main([case["path"], str(out)]) == 0
+    assert main([case["path"], "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["model"] == "asmnet" and summary["num_landmarks"] == 68
     assert summary["output"] == str(out)
@@ -172,10 +173,11 @@ def test_cli_checkpoint_round_trip(asmnet68_keras2, tmp_path, capsys):
     assert isinstance(model, ASMNet) and model.num_landmarks == 68
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
 
-    with pytest.raises(SystemExit):  # refuses to replace a model without --overwrite
-        main([case["path"], str(out), "--no-convert"])
-    assert "already holds a model" in capsys.readouterr().err
-    assert main([case["path"], str(out), "--no-convert", "--overwrite"]) == 0
+    # Refuses to replace a model without --overwrite: one line, exit status 1.
+    assert main([case["path"], "--out", str(out), "--no-convert"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("asmnet-import-keras: error: ") and "already holds a model" in err
+    assert main([case["path"], "--out", str(out), "--no-convert", "--overwrite"]) == 0
     assert read_model_info(out)["coordinates"] == "authors"
     _, raw = load_model(out)
     landmarks, pose = case["apply"](raw, jnp.asarray(case["images"]))

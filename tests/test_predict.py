@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from asmnet_jax import predict as P
+from asmnet_jax.cli import predict as predict_cli
 from asmnet_jax.data import crop
 
 SIZE = 64
@@ -124,7 +125,7 @@ def _expected(box, margin, landmarks=LANDMARKS):
 
 
 def _main(argv, capsys):
-    code = P.main([str(a) for a in argv])
+    code = predict_cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -264,7 +265,7 @@ def test_cli_with_boxes_file_writes_json_drawings_and_reports_images_without_fac
     out_dir = photos / "out"  # inside the walked folder: its drawings are not read back
     for _ in range(2):
         code, out, err = _main([photos, "--model", model_dir, "--boxes", tmp_path / "boxes.json",
-                                "--detector", "none", "-o", out_dir, "--batch-size", 2], capsys)
+                                "--detector", "none", "--out", out_dir, "--batch-size", 2], capsys)
         assert code == 0, err
     assert "'zzz.png' matches no input image" in err
     summary = json.loads(out.strip().splitlines()[-1])
@@ -296,7 +297,8 @@ def test_cli_single_box_with_a_training_workdir_best_and_latest(workdir, tmp_pat
     image = _write(tmp_path / "one.jpg", (70, 90))
     for which, landmarks in (("best", LANDMARKS), ("latest", LANDMARKS_LATEST)):
         code, out, err = _main([image, "--model", workdir, "--which", which, "--box", "20,10,60,58",
-                                "--box", "0,0,10,10", "-o", tmp_path / which, "--no-draw"], capsys)
+                                "--box", "0,0,10,10", "--out", tmp_path / which, "--no-draw"],
+                               capsys)
         assert code == 0, err
         summary = json.loads(out.strip().splitlines()[-1])
         assert summary["faces"] == 2 and summary["drawings"] == []
@@ -330,7 +332,7 @@ def test_cli_errors_name_the_culprit(model_dir, tmp_path, capsys):
     for argv, message in cases:
         if "--model" not in argv:
             argv = argv + ["--model", model_dir]
-        code, out, err = _main(argv + ["-o", tmp_path / "out"], capsys)
+        code, out, err = _main(argv + ["--out", tmp_path / "out"], capsys)
         assert code == 1, (argv, err)
         assert err.startswith("asmnet-predict: error: ") and message in err, (argv, err)
         assert "Traceback" not in err and out == ""
@@ -346,10 +348,10 @@ def test_cli_unreadable_images_stop_the_run_or_are_reported_with_skip_bad(model_
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({name: [[5, 5, 40, 40]] for name in
                                  ("good.png", "notes.jpg", "truncated.jpg")}))
-    common = ["--model", model_dir, "--boxes", boxes, "-o", tmp_path / "out"]
+    common = ["--model", model_dir, "--boxes", boxes, "--out", tmp_path / "out"]
     # As a program: exit status 1, one line naming the file, no traceback (checked before the
     # model is loaded).
-    proc = subprocess.run([sys.executable, "-m", "asmnet_jax.predict", good, str(not_image),
+    proc = subprocess.run([sys.executable, "-m", "asmnet_jax.cli.predict", good, str(not_image),
                            *map(str, common)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -388,7 +390,7 @@ def test_default_detector_finds_a_synthetic_face_through_the_cli(model_dir, tmp_
     record = synthetic.render_face(np.random.default_rng(5), size=160, pose=(10, 5, -5))
     path = tmp_path / "face.png"
     P.write_image(path, record["image"])
-    code, out, err = _main([path, "--model", model_dir, "-o", tmp_path / "out"], capsys)
+    code, out, err = _main([path, "--model", model_dir, "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["faces"] == 1 and summary["detector"] == spec.name

@@ -212,7 +212,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupt
 
 def test_the_cli_runs_the_default_config_end_to_end(tmp_path):
     workdir = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "asmnet_jax.train_cli", f"--workdir={workdir}",
+    cmd = [sys.executable, "-m", "asmnet_jax.cli.train", f"--workdir={workdir}",
            "--config.input_size=32", "--config.batch_size=8", "--config.synthetic.train=16",
            "--config.synthetic.validation=8", "--config.num_epochs=1",
            "--config.progress_bar=False"]
@@ -333,7 +333,7 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
 
 
 def test_an_unknown_command_line_key_gets_one_line_before_flag_parsing():
-    from asmnet_jax import train_cli
+    from asmnet_jax.cli import train as train_cli
     argv = ["asmnet-train", "--workdir", "w", "--config.optimizer.learning_rate=0.1"]
     assert train_cli.unknown_override(argv) is None
     assert train_cli.unknown_override(argv + ["--config.augment.flip_prob", "0"]) is None

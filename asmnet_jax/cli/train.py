@@ -1,5 +1,6 @@
 """``asmnet-train``: absl flags and ml_collections config overrides around
-:func:`asmnet_jax.train.train_and_evaluate`.
+:func:`asmnet_jax.train.train_and_evaluate`. A user error (config, data, starting weights,
+divergence) is one line ``asmnet-train: error: ...`` and exit status 1.
 
     asmnet-train --config configs/asmnet_300w.py --workdir runs/x --config.batch_size=32
 
@@ -20,8 +21,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from asmnet_jax import hugepages
+from asmnet_jax.cli import error, quiet_logs, run
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_base.py")
+PROG = "asmnet-train"
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "config_base.py")
 
 _FLAGS = {}
 
@@ -61,26 +65,22 @@ def _initialize_distributed() -> None:
 
 
 def _main(argv) -> int:
+    """absl's main: checks the usage, sets up logging and distribution, then trains."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _FLAGS["workdir"].value is None:
         raise app.UsageError("--workdir is required")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "orbax", "grain", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_logs()
     logging.getLogger(__name__).info(hugepages.status())
     _initialize_distributed()
+    return run(PROG, _train, _FLAGS["workdir"].value)
 
-    from asmnet_jax import init as init_lib
+
+def _train(workdir: str) -> int:
+    """Trains with the parsed config in ``workdir``; prints the summary JSON."""
     from asmnet_jax import train
 
-    try:
-        summary = train.train_and_evaluate(_FLAGS["config"].value, _FLAGS["workdir"].value)
-    except (train.ConfigError, train.TrainingDiverged, init_lib.InitError,
-            FileNotFoundError) as err:
-        print(f"asmnet-train: error: {err}", file=sys.stderr)
-        return 1
+    summary = train.train_and_evaluate(_FLAGS["config"].value, workdir)
     print(json.dumps(summary))
     return 0
 
@@ -102,16 +102,29 @@ def unknown_override(argv) -> str | None:
     return None
 
 
-def main() -> None:
-    # Before anything else: glibc reads GLIBC_TUNABLES only at start-up (asmnet_jax/hugepages.py).
-    hugepages.reexec_with_thp()
-    message = unknown_override(sys.argv)
+def main(argv=None) -> int:
+    """``asmnet-train``; ``argv``: the arguments after the program name (default: the command
+    line's).
+
+    Does not return: absl's ``app.run`` exits with ``_main``'s status (1 for a user error, printed
+    as one line), or 2 for an unknown ``--config.KEY`` or bad usage.
+    """
+    if argv is None:
+        # Before anything else: glibc reads GLIBC_TUNABLES only at start-up
+        # (asmnet_jax/hugepages.py). Not when called from Python with argv: the restart would
+        # repeat the calling process's own command line.
+        hugepages.reexec_with_thp()
+        argv = sys.argv
+    else:
+        argv = [PROG] + list(argv)
+    message = unknown_override(argv)
     if message:
-        print(f"asmnet-train: error: {message}", file=sys.stderr)
+        error(PROG, message)
         sys.exit(2)
     _define_flags()
-    app.run(_main)
+    app.run(_main, argv=argv)
+    return 0  # not reached: app.run exits
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
