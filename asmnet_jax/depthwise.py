@@ -203,6 +203,21 @@ def auto_forms(dtype) -> dict:
     return {"cpu": "shift", "cuda": on_cuda, "default": "xla"}
 
 
+def resolve_impl(impl: str, dtype, backend: str | None = None) -> str:
+    """``impl`` with ``"auto"`` replaced by the form it picks on ``backend`` (default: JAX's
+    default backend) for ``dtype``, for programs compiled for that backend only (training,
+    evaluation, prediction): ``lax.platform_dependent`` traces every platform's form, which
+    doubles the tracing time of a train step. On GPUs, whose choice depends on the lowering
+    platform (CUDA or ROCm), ``"auto"`` stays. Same values either way."""
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    if backend == "gpu":
+        return impl
+    forms = auto_forms(dtype)
+    return forms.get(backend, forms["default"])
+
+
 # ----------------------------------------------------------------------------------------------
 # The stem's full 3x3 convolution
 

@@ -94,9 +94,13 @@ def _read_config(workdir: str) -> Dict[str, Any]:
 
 
 def _build(model_name: str, num_landmarks: int, model_kwargs: Dict[str, Any]):
+    from asmnet_jax.depthwise import resolve_impl
     from asmnet_jax.models import create_model
 
-    return create_model(model_name, num_landmarks, **model_kwargs)
+    kwargs = dict(model_kwargs)
+    kwargs["depthwise_impl"] = resolve_impl(kwargs.get("depthwise_impl", "auto"),
+                                            kwargs.get("dtype", "float32"))
+    return create_model(model_name, num_landmarks, **kwargs)
 
 
 def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> LoadedModel:

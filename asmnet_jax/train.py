@@ -33,7 +33,7 @@ from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config, unknown_key_message
 from asmnet_jax.data import augment, examples, geometry, pipeline
-from asmnet_jax.depthwise import IMPLS
+from asmnet_jax.depthwise import IMPLS, resolve_impl
 from asmnet_jax.errors import AsmnetError
 from asmnet_jax.losses import LANDMARK_LOSSES
 from asmnet_jax.models import INPUT_RANGES, MODELS, create_model
@@ -432,7 +432,8 @@ def initial_weights(config, model, state, train_source, pcfg) -> Tuple[Dict, boo
 
 
 def build_model(config, bn_axis_name=None):
-    kwargs = dict(dtype=DTYPES[config.dtype], depthwise_impl=config.depthwise_impl,
+    kwargs = dict(dtype=DTYPES[config.dtype],
+                  depthwise_impl=resolve_impl(config.depthwise_impl, DTYPES[config.dtype]),
                   bn_axis_name=bn_axis_name, bn_momentum=config.bn_momentum,
                   input_range=config.input_range)
     if config.model == "asmnet":
