@@ -17,26 +17,7 @@ import pytest
 
 from asmnet_jax import train
 from asmnet_jax.config_base import base_config
-
-
-def tiny_config(**overrides):
-    c = base_config()
-    c.input_size = 32
-    c.batch_size = 8
-    c.synthetic.train = 32     # 4 steps per epoch
-    c.synthetic.validation = 12
-    c.num_epochs = 3
-    c.log_every_steps = 2
-    c.progress_bar = False
-    c.keep_checkpoints = 2
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    c.lock()
-    return c
+from conftest import tiny_config
 
 
 def _params(workdir):
@@ -125,11 +106,10 @@ def test_closest_key_finds_the_key_meant(name, meant):
     assert closest_key(name) == meant
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    summary = train.train_and_evaluate(tiny_config(), workdir)
-    return workdir, summary
+@pytest.fixture
+def uninterrupted(tiny_run):
+    """The session's tiny run: 12 steps, uninterrupted."""
+    return tiny_run
 
 
 def test_a_run_trains_evaluates_and_writes_its_figures(uninterrupted):
@@ -180,9 +160,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, t
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
-    template = train.steps_lib.create_train_state(
+    template = train.steps_lib.with_ema(train.steps_lib.create_train_state(
         train.build_model(tiny_config()),
-        train.make_optimizer(tiny_config().optimizer, lambda s: 1e-3), jax.random.key(0), 32)
+        train.make_optimizer(tiny_config().optimizer, lambda s: 1e-3), jax.random.key(0), 32))
     ckpt = train.Checkpoints(checkpoints, 2)
     try:
         state, meta = ckpt.restore_latest(jax.tree_util.tree_map(
@@ -194,32 +174,50 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, t
     assert "cannot be restored" in caplog.text
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path,
+                                                                   monkeypatch):
     import shutil
 
     workdir = str(tmp_path / "diverging")
     shutil.copytree(uninterrupted[0], workdir)
-    # Step 13 takes the huge update; its result shows in the loss of step 14.
-    with pytest.raises(train.TrainingDiverged, match="loss became .* at step 14"):
-        train.train_and_evaluate(tiny_config(num_epochs=4, **{"optimizer.learning_rate": 1e30,
-                                                               "optimizer.schedule": "constant"}),
-                                 workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
+    # The run resumes at step 8 with the same compiled programs (a huge learning rate would
+    # compile new ones), its batches carrying NaN targets: step 9's loss is NaN, and the check
+    # on the next logging step (10) stops the run.
+    device_batch = train.pipeline.device_batch
+
+    def poisoned(batch, sharding):
+        batch = dict(batch, landmarks=np.full_like(batch["landmarks"], np.nan))
+        return device_batch(batch, sharding)
+
+    monkeypatch.setattr(train.pipeline, "device_batch", poisoned)
+    with pytest.raises(train.TrainingDiverged, match="loss became nan .* at step 10"):
+        train.train_and_evaluate(tiny_config(), workdir)
     step, state = _params(workdir)
-    assert step == 12
-    _, reference = _params(uninterrupted[0])
+    assert step == 8
+    ckpt = train.Checkpoints(os.path.join(uninterrupted[0], "checkpoints"), 2)
+    try:
+        reference, _ = ckpt.read(8)
+    finally:
+        ckpt.close()
     assert _max_difference(state["params"], reference["params"]) == 0.0
 
 
-def test_the_cli_runs_the_default_config_end_to_end(tmp_path):
+def test_the_cli_runs_the_default_config_end_to_end(tiny_run, tmp_path):
     workdir = tmp_path / "cli"
+    # The tiny run's settings (conftest.tiny_config), stopped after one epoch: the command
+    # compiles nothing the session's cache does not already hold.
+    tiny = tiny_config()
     cmd = [sys.executable, "-m", "asmnet_jax.cli.train", f"--workdir={workdir}",
-           "--config.input_size=32", "--config.batch_size=8", "--config.synthetic.train=16",
-           "--config.synthetic.validation=8", "--config.num_epochs=1",
-           "--config.progress_bar=False"]
+           f"--config.input_size={tiny.input_size}", f"--config.batch_size={tiny.batch_size}",
+           f"--config.synthetic.train={tiny.synthetic.train}",
+           f"--config.synthetic.validation={tiny.synthetic.validation}",
+           f"--config.num_epochs={tiny.num_epochs}", f"--config.ema_decay={tiny.ema_decay}",
+           "--config.max_steps=4", "--config.progress_bar=False"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["step"] == 2 and summary["val_nme"] > 0 and summary["wall_s"] > 0
+    assert summary["step"] == 4 and summary["val_nme"] > 0 and summary["wall_s"] > 0
     # asmnet-train restarts itself with glibc's huge-page tunable where that can work.
     from asmnet_jax import hugepages
     restarts = hugepages.thp_environment(os.environ, platform.system(), platform.libc_ver(),
@@ -251,7 +249,9 @@ def test_mean_head_init_starts_at_the_mean_shape_and_pose():
 @pytest.mark.slow
 def test_the_default_config_learns(tmp_path):
     """The README's main job: the validation NME ends far below the mean shape's."""
-    c = base_config()
+    from asmnet_jax.config_base import default_config
+
+    c = default_config()
     c.progress_bar = False
     summary = train.train_and_evaluate(c, str(tmp_path))
     assert summary["val_nme"] < 0.5 * summary["val_nme_mean_shape"]
@@ -292,11 +292,12 @@ def test_a_68_point_run_warm_starts_a_98_point_run(uninterrupted, tmp_path, capl
     # One Adam step of at most ~lr away from the source backbone; a scratch start is far off.
     assert _max_difference(state["params"]["backbone"], saved["params"]["backbone"]) < 1e-2
     assert state["params"]["landmark_head"]["kernel"].shape[-1] == 196
-    scratch = str(tmp_path / "scratch")
-    train.train_and_evaluate(tiny_config(num_landmarks=98, max_steps=1, num_epochs=1, seed=1),
-                             scratch)
-    _, fresh = _params(scratch)
-    assert _max_difference(fresh["params"]["backbone"], saved["params"]["backbone"]) > 0.1
+    # What the run would have started from without the warm start: far off.
+    config = tiny_config(num_landmarks=98, max_steps=1, num_epochs=1, seed=1)
+    fresh = train.steps_lib.create_train_state(
+        train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS),
+        train.make_optimizer(config.optimizer, lambda s: 1e-3), jax.random.key(1), 32)
+    assert _max_difference(fresh.params["backbone"], saved["params"]["backbone"]) > 0.1
 
 
 def test_learning_rate_schedules():
@@ -339,3 +340,17 @@ def test_an_unknown_command_line_key_gets_one_line_before_flag_parsing():
     assert train_cli.unknown_override(argv + ["--config.augment.flip_prob", "0"]) is None
     assert train_cli.unknown_override(argv + ["--config.learning_rate=0.1"]) == (
         "unknown config key config.learning_rate; did you mean config.optimizer.learning_rate?")
+
+
+def test_the_built_in_default_is_configs_default():
+    import importlib.util
+    import pathlib
+
+    from asmnet_jax import config_base
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+    spec = importlib.util.spec_from_file_location("default", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config().to_dict() == config_base.get_config().to_dict()
+    assert config_base.get_config().landmark_loss == "l1"  # not the schema's default
