@@ -11,7 +11,8 @@ from asmnet_jax import inference, steps, train
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.models import ASMNet
 
-from test_train import _params, tiny_config
+from conftest import tiny_config
+from test_train import _params
 
 
 def test_ema_update_follows_closely_at_first_then_at_the_set_decay():
@@ -69,9 +70,8 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without():
     assert moved > 1e-6  # average and weights differ after two steps
 
 
-def test_a_run_with_ema_evaluates_and_ships_the_average(tmp_path):
-    workdir = str(tmp_path / "ema")
-    summary = train.train_and_evaluate(tiny_config(ema_decay=0.9, num_epochs=1), workdir)
+def test_a_run_with_ema_evaluates_and_ships_the_average(tiny_run):
+    workdir, summary = tiny_run  # trained with ema_decay 0.9
     _, state = _params(workdir)
     assert state["ema"] is not None
     loaded = inference.load(workdir, which="latest")

@@ -1,7 +1,7 @@
 """asmnet-eval: a tiny synthetic run evaluated end to end, numbers recomputed independently, the
 paper-style table layouts, and the errors for bad input.
 
-One run (32 x 32 input, 2 steps of batch 8) is trained once for the module.
+The session's tiny run (conftest: 32 x 32 input, 12 steps of batch 8) is the model evaluated.
 """
 
 import csv
@@ -12,32 +12,33 @@ import cv2
 import numpy as np
 import pytest
 
-from asmnet_jax import evaluate, inference, metrics, train
+from asmnet_jax import evaluate, inference, metrics
 from asmnet_jax.cli import eval as eval_cli
 from asmnet_jax.data import examples, pipeline
-from test_train import tiny_config
+from conftest import tiny_config
 
-# The run of tests/test_train.py stopped after 2 steps: the same compiled init, train and eval
-# steps, so the session's persistent XLA cache (conftest) compiles them once for both files.
-CONFIG = tiny_config(max_steps=2)
+CONFIG = tiny_config()
 SIZE = CONFIG.input_size
 VALIDATION = CONFIG.synthetic.validation  # 12: batches of 8, the last one padded
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    summary = train.train_and_evaluate(CONFIG, workdir)
-    return workdir, summary
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def evaluated(run):
-    """``asmnet-eval --model RUN --batch-size 8``: otherwise the defaults."""
-    workdir, _ = run
-    code, stdout, stderr = _main(["--model", workdir, "--batch-size", "8"])
+def evaluated(tiny_run):
+    """``asmnet-eval --model RUN --which latest --batch-size 8``: otherwise the defaults."""
+    workdir, summary = tiny_run
+    code, stdout, stderr = _main(["--model", workdir, "--which", "latest", "--batch-size", "8"])
     assert code == 0, stderr
-    return os.path.join(workdir, "eval", "2"), stdout
+    return os.path.join(workdir, "eval", str(summary["step"])), stdout
+
+
+def _steps(workdir):
+    return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if name.isdigit())
 
 
 def _main(argv):
@@ -51,7 +52,7 @@ def _main(argv):
     return code, stdout.getvalue(), stderr.getvalue()
 
 
-def test_json_is_the_last_line_and_matches_the_file(evaluated):
+def test_json_is_the_last_line_and_matches_the_file(evaluated, run):
     out, stdout = evaluated
     printed = json.loads(stdout.strip().splitlines()[-1])
     with open(os.path.join(out, "results.json")) as f:
@@ -62,7 +63,7 @@ def test_json_is_the_last_line_and_matches_the_file(evaluated):
     assert printed["split"] == "validation" and printed["count"] == VALIDATION
     assert set(printed["pose_mae"]) == {"yaw", "pitch", "roll", "mean"}
     assert list(printed["splits"]) == ["validation"]
-    assert printed["model"]["step"] == 2
+    assert printed["model"]["step"] == run[1]["step"] == 12
     assert sorted(os.listdir(out)) == sorted(evaluate.OUTPUT_FILES.values())  # WORKDIR/eval/2
 
 
@@ -74,7 +75,7 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
     saved = np.load(os.path.join(out, "per_face.npz"))
     assert int(saved["input_size"]) == SIZE
     # Predict the same crops again through inference.make_predictor (not the evaluation loop).
-    loaded = inference.load(workdir)
+    loaded = inference.load(workdir, which="latest")
     source = evaluate.SyntheticSplit("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
     batch = pipeline.eval_dataset(source, pipeline.PipelineConfig(
         batch_size=VALIDATION, input_size=SIZE, margin=CONFIG.margin))[0]
@@ -113,12 +114,12 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
     assert float(rows[3]["nme_inter_ocular_pct"]) == pytest.approx(100 * nme[3], abs=1e-3)
 
 
-def test_report_and_figures(evaluated):
+def test_report_and_figures(evaluated, run):
     out, stdout = evaluated
     with open(os.path.join(out, "report.md")) as f:
         report = f.read()
     assert "| model | validation |" in report
-    assert "| asmnet (step 2) |" in report
+    assert f"| asmnet (step {run[1]['step']}) |" in report
     assert "## Pose MAE (degrees)" in report and "| split | yaw | pitch | roll | mean |" in report
     assert report in stdout
     ced = cv2.imread(os.path.join(out, "ced.png"))
@@ -174,7 +175,7 @@ def test_missing_checkpoint_is_named(tmp_path):
 
 def test_missing_step_lists_the_steps(run):
     message = _error(["--model", run[0], "--step", "7"])
-    assert "step 7" in message and "[2]" in message
+    assert "step 7" in message and str(_steps(run[0])) in message
 
 
 def test_unknown_split_lists_the_available_ones(run):
@@ -193,7 +194,7 @@ def test_a_landmark_count_mismatch_names_the_split(run, monkeypatch):
             return face98
 
     monkeypatch.setattr(evaluate, "open_source", lambda *args, **kwargs: Source())
-    message = _error(["--model", os.path.join(run[0], "checkpoints", "2")])
+    message = _error(["--model", os.path.join(run[0], "checkpoints", str(_steps(run[0])[-1]))])
     assert "68 points" in message and "98 points" in message and "'validation'" in message
 
 

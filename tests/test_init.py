@@ -152,7 +152,7 @@ def test_signed_input_range_feeds_the_backbone_minus_one_to_one(keras_case):
     model, variables = _init_variables("asmnet", dropout_rate=0.0)
     loaded, _ = init_lib.load_imagenet_backbone(path, variables)
     unit = (images + 1) / 2
-    landmarks, _ = model.apply(loaded, unit, train=False)
+    landmarks, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(loaded, unit)
     pooled = np.concatenate([outputs[_block_layer(i, None)].mean(axis=(1, 2))
                              for i in (1, 3, 6, 10, 13, 15)], axis=-1)
     head = loaded["params"]["landmark_head"]
@@ -172,12 +172,14 @@ def test_bn_reestimation_keeps_inference_and_training_mode_starts_from_it(tmp_pa
                                                                      calibration[8:]])
     assert summary["layers"] == 48 and summary["images"] == 16
 
+    @jax.jit
     def infer(v):
-        return np.asarray(model.apply(v, unit, train=False)[0])
+        return model.apply(v, unit, train=False)[0]
 
+    @jax.jit
     def train_mode(v):
         (landmarks, _), _ = model.apply(v, unit, train=True, mutable=["batch_stats"])
-        return np.asarray(landmarks)
+        return landmarks
 
     before = infer(loaded)
     scale = np.abs(before).max()
