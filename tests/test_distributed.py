@@ -14,6 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import with_fast_compile
+
 WORKER = textwrap.dedent("""
     import sys
     import jax
@@ -64,7 +66,7 @@ def _params(workdir):
 
 def test_two_processes_match_one(tmp_path):
     env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = with_fast_compile()  # no fake device count: one CPU device per process
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = _free_port()

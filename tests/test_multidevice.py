@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import with_fast_compile
+
 SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
@@ -55,7 +57,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_one_step_on_four_devices_equals_one_step_on_one(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=with_fast_compile("--xla_force_host_platform_device_count=4"),
                JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           env=env, timeout=900, cwd=tmp_path)
