@@ -115,6 +115,7 @@ def test_bench_train_summary_ratios():
     assert result["params_equal"] is True
 
 
+@pytest.mark.slow  # the script end to end (~80 s of compiling); its arithmetic is tested above
 def test_bench_train_jax_side():
     result = run_script("bench_train.py", "--sides", "jax", *TINY)
     for key in TRAIN_KEYS:
@@ -157,6 +158,7 @@ def test_a_failing_profiler_only_prints_and_runs_for_the_first_dtype_alone(capsy
     assert calls == [args.dtypes[0]]  # no --profile: not called
 
 
+@pytest.mark.slow  # end to end (~50 s); its import rule, counts and profiler are tested above
 def test_bench_gpu_on_cpu(tmp_path):
     """The GPU benchmark's CPU smoke test: JAX float32 (and PyTorch eager where installed), with
     the profiles it writes."""
