@@ -6,8 +6,7 @@ model); its message names the culprit (the file, the key, the flag). The command
 ``PROG: error: MESSAGE`` and exit with status 1; any other exception is a bug and keeps its
 traceback.
 
-The classes elsewhere (``train.ConfigError``, ``data.errors.DataError``, ``evaluate.EvalError``,
-...) derive from :class:`AsmnetError` and, as before, from ``ValueError`` or ``RuntimeError``, so
+The classes elsewhere (``train.ConfigError``, ``data.errors.DataError``, ...) derive from :class:`AsmnetError` and, as before, from ``ValueError`` or ``RuntimeError``, so
 ``except ValueError`` clauses keep catching them.
 """
 
@@ -27,3 +26,7 @@ class ModelError(AsmnetError, ValueError):
 class OptionError(AsmnetError, ValueError):
     """An option or name without a file behind it that has a bad value (an unknown dataset, builder
     config or split); the message names the option and the values there are."""
+
+
+class EvalError(AsmnetError, ValueError):
+    """Bad input to an evaluation (path, dataset, split, option); the message names it."""

@@ -27,12 +27,13 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_preservation
 
 from asmnet_jax import landmarks as lm
+from asmnet_jax import eval_loop
 from asmnet_jax import init as init_lib
 from asmnet_jax import metrics
 from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config, unknown_key_message
-from asmnet_jax.data import augment, examples, geometry, pipeline
+from asmnet_jax.data import augment, geometry, pipeline
 from asmnet_jax.depthwise import IMPLS, resolve_impl
 from asmnet_jax.errors import AsmnetError
 from asmnet_jax.losses import LANDMARK_LOSSES
@@ -163,36 +164,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # Data
 
 
-class InMemorySource:
-    """A list of examples as a grain random-access source."""
-
-    def __init__(self, items):
-        self._items = list(items)
-
-    def __len__(self):
-        return len(self._items)
-
-    def __getitem__(self, index):
-        return self._items[index]
-
-
-def synthetic_store_size(input_size: int) -> int:
-    """Stored synthetic crops keep the 288 : 224 ratio of the real datasets' crops."""
-    return int(round(input_size * examples.STORE_SIZE / 224 / 8)) * 8
-
-
 def load_sources(config) -> Tuple[object, object]:
     """(train source, validation source) for ``config.dataset``."""
-    if config.dataset == "synthetic":
-        store = synthetic_store_size(config.input_size)
-        sources = []
-        for split in ("train", "validation"):
-            seed = examples.synthetic_seed(config.synthetic.seed, split)
-            count = config.synthetic[split]
-            sources.append(InMemorySource(
-                examples.synthetic_example(seed, i, store, config.num_landmarks, split=split)
-                for i in range(count)))
-        return sources[0], sources[1]
+    if config.dataset == "synthetic":  # rendered once, into memory
+        return tuple(pipeline.synthetic_split(split, config.synthetic[split],
+                                              config.synthetic.seed, config.num_landmarks,
+                                              config.input_size, in_memory=True)
+                     for split in ("train", "validation"))
     from asmnet_jax.data import tfds_builders
 
     data_dir = config.data_dir or None
@@ -329,21 +307,6 @@ class Checkpoints:
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def evaluate(predict, variables, source, config, mesh, process_index=0, process_count=1):
-    """Validation metrics: inter-ocular NME (%) and pose MAE (degrees) over ``source``.
-
-    The prediction loop is :func:`asmnet_jax.evaluate.predict_faces`, the one ``asmnet-eval``
-    runs; returns :func:`asmnet_jax.metrics.summarize` of its faces.
-    """
-    from asmnet_jax import evaluate as evaluation  # imported here: it imports this module lazily
-
-    faces = evaluation.predict_faces(predict, variables, source, pipeline_config(config), mesh,
-                                     process_index, process_count)
-    nme = metrics.per_face_nme(faces.landmarks, faces.gt_landmarks, "inter_ocular",
-                               config.num_landmarks)
-    return metrics.summarize(nme, pose_pred=faces.pose_deg, pose_gt=faces.gt_pose_deg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,8 +547,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                 val_nme = None
                 if evaluate_now:
                     variables = steps_lib.eval_variables(state)
-                    val_summary = evaluate(predict, variables, val_source, config, mesh,
-                                           process_index, process_count)
+                    val_summary = eval_loop.validation_metrics(
+                        predict, variables, val_source, pcfg, config.num_landmarks, mesh,
+                        process_index, process_count)
                     val_nme = val_summary["nme"]
                     best_nme = min(best_nme, val_nme)
                     logger.scalars(step, {k: v for k, v in val_summary.items()
@@ -605,8 +569,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     if config.final_flip_eval and step == last_step:
         predict_flip = steps_lib.compile_eval_step(model, mesh, flip=True)
         variables = steps_lib.eval_variables(state)
-        flip_summary = evaluate(predict_flip, variables, val_source, config, mesh,
-                                process_index, process_count)
+        flip_summary = eval_loop.validation_metrics(
+            predict_flip, variables, val_source, pcfg, config.num_landmarks, mesh,
+            process_index, process_count)
         if is_main:
             print(f"val NME with flip averaging {flip_summary['nme']:.3f}%, FR "
                   f"{flip_summary['fr']:.1f}%", flush=True)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from asmnet_jax import evaluate, inference, metrics
+from asmnet_jax import eval_loop, evaluate, inference, metrics, reports
 from asmnet_jax.cli import eval as eval_cli
 from asmnet_jax.data import examples, pipeline
 from conftest import tiny_config
@@ -76,7 +76,7 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
     assert int(saved["input_size"]) == SIZE
     # Predict the same crops again through inference.make_predictor (not the evaluation loop).
     loaded = inference.load(workdir, which="latest")
-    source = evaluate.SyntheticSplit("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
+    source = pipeline.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
     batch = pipeline.eval_dataset(source, pipeline.PipelineConfig(
         batch_size=VALIDATION, input_size=SIZE, margin=CONFIG.margin))[0]
     predictor = inference.make_predictor(loaded)
@@ -123,13 +123,13 @@ def test_report_and_figures(evaluated, run):
     assert "## Pose MAE (degrees)" in report and "| split | yaw | pitch | roll | mean |" in report
     assert report in stdout
     ced = cv2.imread(os.path.join(out, "ced.png"))
-    assert ced.shape == (int(evaluate.CED_FIGSIZE[1] * evaluate.CED_DPI),
-                         int(evaluate.CED_FIGSIZE[0] * evaluate.CED_DPI), 3)
+    assert ced.shape == (int(reports.CED_FIGSIZE[1] * reports.CED_DPI),
+                         int(reports.CED_FIGSIZE[0] * reports.CED_DPI), 3)
     grid = cv2.imread(os.path.join(out, "predictions.png"))
-    tile = evaluate.grid_tile_size(SIZE) + evaluate.GRID_PAD
+    tile = reports.grid_tile_size(SIZE) + reports.GRID_PAD
     assert tile == 130  # 32 px faces enlarged to 128
     # 12 faces in ceil(sqrt(12)) = 4 columns
-    assert grid.shape == (3 * tile + evaluate.GRID_PAD, 4 * tile + evaluate.GRID_PAD, 3)
+    assert grid.shape == (3 * tile + reports.GRID_PAD, 4 * tile + reports.GRID_PAD, 3)
     # Both colours are drawn (OpenCV reads BGR).
     pixels = grid.reshape(-1, 3).astype(int)
     assert np.any((pixels[:, 1] > 150) & (pixels[:, 2] < 60) & (pixels[:, 0] < 60))
@@ -229,7 +229,7 @@ def test_300w_table_has_common_challenging_and_the_face_weighted_full_set():
     assert full["nme"] == pytest.approx(100 * 0.29 / 5)  # not the mean of the subset means
     assert full["fr"] == pytest.approx(20.0)
     assert full["pose_mae"]["yaw"] == pytest.approx((3 * 1 + 2 * 3) / 5)
-    report = evaluate.markdown_report(results, "w300", "asmnet")
+    report = reports.markdown_report(results, "w300", "asmnet")
     lines = report.splitlines()
     header = lines.index("## NME (%), inter-ocular normaliser")
     assert lines[header + 2] == "| model | common | challenging | full |"
@@ -238,7 +238,7 @@ def test_300w_table_has_common_challenging_and_the_face_weighted_full_set():
     assert lines[fr + 4] == "| asmnet | 0.00 | 50.00 | 20.00 |"
     assert "| common | 1.00 | 1.00 | 1.00 | 1.00 |" in report
     # Only one subset evaluated: the paper's columns stay, the others show '-'.
-    only = evaluate.markdown_report(evaluate.summarize_splits(
+    only = reports.markdown_report(evaluate.summarize_splits(
         {"challenging": errors["challenging"]}), "w300", "m")
     assert "| m | - | 10.00 | - |" in only
 
@@ -251,7 +251,7 @@ def test_wflw_table_has_the_attribute_columns_and_both_normalisers():
     results = evaluate.summarize_splits(errors)
     assert results["test"]["by_normaliser"]["inter_pupil"]["nme"] == pytest.approx(
         100 * errors["test"]["inter_pupil"].mean())
-    report = evaluate.markdown_report(results, "wflw", "asmnet")
+    report = reports.markdown_report(results, "wflw", "asmnet")
     header = ("| model | test | pose | expression | illumination | make-up | occlusion | blur |")
     assert report.count(header) == 7  # NME, FR, AUC for two normalisers, and the counts
     assert "## NME (%), inter-pupil normaliser" in report
@@ -273,4 +273,4 @@ def test_split_resolution():
 
 def test_names_survive_the_trip_between_processes():
     names = ["WFLW_images/51--Dancing/51_Dancing_Dancing_51_x.jpg#0", "héllo", ""]
-    assert evaluate._decode_names(evaluate._encode_names(names)) == names
+    assert eval_loop._decode_names(eval_loop._encode_names(names)) == names

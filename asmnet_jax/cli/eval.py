@@ -18,7 +18,8 @@ import sys
 from asmnet_jax import metrics
 from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_out_argument,
                             load_model, make_parser, quiet_logs, run)
-from asmnet_jax.evaluate import DATASETS, DEFAULT_BATCH_SIZE, GRID_FACES
+from asmnet_jax.evaluate import DATASETS, DEFAULT_BATCH_SIZE
+from asmnet_jax.reports import GRID_FACES
 
 PROG = "asmnet-eval"
 

@@ -54,6 +54,12 @@ def make_example(image, points, pose_deg, name: str, face_box=None, flags=None,
 SYNTHETIC_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
 
+def synthetic_store_size(input_size: int) -> int:
+    """Stored synthetic crop size for a model input of ``input_size``: the 288 : 224 ratio of the
+    real datasets' stored crops (:data:`STORE_SIZE`), rounded to a multiple of 8."""
+    return int(round(input_size * STORE_SIZE / 224 / 8)) * 8
+
+
 def synthetic_seed(seed: int, split: str) -> int:
     """The synthetic data-set seed of ``split`` of data set ``seed`` (disjoint across splits)."""
     return 1000 * int(seed) + SYNTHETIC_SPLIT_SEEDS[split]

@@ -200,16 +200,31 @@ def device_batch(batch: Mapping[str, Any], sharding) -> Dict[str, Any]:
             for key, value in batch.items() if key not in HOST_KEYS}
 
 
+class InMemorySource:
+    """A list of examples as a random-access source."""
+
+    def __init__(self, items):
+        self._items = list(items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, index):
+        return self._items[index]
+
+
 class SyntheticSource:
     """Synthetic faces rendered on demand (no dataset to build): element i depends only on
-    (seed, i). ``seed`` selects the data set, so train / validation / test use different seeds."""
+    (seed, i). ``seed`` selects the data set, so train / validation / test use different seeds;
+    ``split``, when given, names the examples ``synthetic/SPLIT/i``."""
 
     def __init__(self, count: int, seed: int = 0, num_landmarks: int = 68,
-                 store_size: int = examples.STORE_SIZE):
+                 store_size: int = examples.STORE_SIZE, split: Optional[str] = None):
         self._count = int(count)
         self._seed = int(seed)
         self._num_landmarks = lm.check_num_landmarks(num_landmarks)
         self._store_size = int(store_size)
+        self._split = split
 
     def __len__(self) -> int:
         return self._count
@@ -219,7 +234,21 @@ class SyntheticSource:
         if not 0 <= index < self._count:
             raise IndexError(f"synthetic index {index} out of range [0, {self._count})")
         return examples.synthetic_example(self._seed, index, self._store_size,
-                                          self._num_landmarks)
+                                          self._num_landmarks, split=self._split)
 
     def __repr__(self) -> str:
         return f"SyntheticSource(count={self._count}, seed={self._seed})"
+
+
+def synthetic_split(split: str, count: int, seed: int, num_landmarks: int, input_size: int,
+                    in_memory: bool = False):
+    """Split ``split`` of a run's synthetic faces (config ``synthetic.SPLIT`` faces and
+    ``synthetic.seed``), stored at the crop size that ``input_size`` implies: the faces training
+    renders and ``asmnet-eval`` re-renders, the same for the same arguments. ``in_memory``:
+    rendered now into an :class:`InMemorySource` (training reads each face many times), else on
+    demand."""
+    source = SyntheticSource(count, examples.synthetic_seed(seed, split), num_landmarks,
+                             examples.synthetic_store_size(input_size), split=split)
+    if in_memory:
+        return InMemorySource(source[i] for i in range(len(source)))
+    return source
