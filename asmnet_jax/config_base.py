@@ -92,28 +92,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def dataset_config(dataset: str, model: str = "asmnet") -> ml_collections.ConfigDict:
-    """The settings shared by the full-dataset experiments (configs/asmnet_*.py, mnv2_*.py):
-    224 x 224 input, 150 epochs, 95 % ASM (the paper's experiments). ``model="mnv2"`` is the
-    paper's baseline: plain MSE (mnv2_r: set asm_loss back to True) and no head penalty."""
-    c = base_config()
-    c.dataset = dataset
-    c.num_landmarks = {"w300": 68, "wflw": 98}[dataset]
-    c.model = model
-    c.input_size = 224
-    c.batch_size = 64
-    c.num_epochs = 150
-    c.asm_variance = 0.95
-    c.bn_momentum = 0.99
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_epochs = 2.0
-    c.num_workers = 4
-    if model == "mnv2":
-        c.asm_loss = False
-        c.head_l2 = 0.0
-    return c
-
-
 def config_keys(config: Optional[ml_collections.ConfigDict] = None, prefix: str = "") -> Iterator[str]:
     """Every leaf key of ``config`` (default: the schema), dotted: ``optimizer.learning_rate``."""
     config = base_config() if config is None else config
