@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _grid  # noqa: E402
 
 SCRATCH = {"init": "scratch", "input_range": "unit"}
+#: A cell setting that takes the config file's value (over STUDY_BASE and --epochs).
+FROM_FILE = "<the config file's>"
 #: (directory, label, what it changes from the recipe, settings), in the table's order.
 CELLS = (
     ("reference", "reference", "-", {}),
@@ -60,7 +62,8 @@ CELLS = (
       "head_init": "keras"}),
     ("ema", "weight average (EMA 0.995)", "evaluated weights", {"ema_decay": 0.995}),
     ("recipe", "first CPU recipe, 35 epochs", "epochs", {"num_epochs": 35}),
-    ("recipe_ema", "the CPU recipe (EMA), full length", "epochs, weights", {"ema_decay": None}),
+    ("recipe_ema", "the CPU recipe (EMA), full length", "epochs, weights",
+     {"ema_decay": FROM_FILE, "num_epochs": FROM_FILE}),
 )
 
 #: What every cell holds unless it sets it: the rows compare against the first recipe, which
@@ -79,6 +82,12 @@ def add_arguments(parser):
                              "for the 'synthetic' cell")
 
 
+def _file_value(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
 def make_cells(args, file_config):
     cells = []
     for key, label, changes, settings in CELLS:
@@ -87,8 +96,9 @@ def make_cells(args, file_config):
             if not args.synthetic_model:
                 continue
             settings["init_path"] = os.path.abspath(args.synthetic_model)
-        if key == "recipe_ema":  # the config file as it stands
-            settings = {"ema_decay": file_config.ema_decay, "num_epochs": file_config.num_epochs}
+        for name, value in settings.items():
+            if value == FROM_FILE:
+                settings[name] = _file_value(file_config, name)
         settings = {**STUDY_BASE, **settings}
         settings.setdefault("num_epochs", args.epochs)
         epochs = settings["num_epochs"]
