@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asmnet_jax.files import atomic_open
+
 CLAMP_STDS = 3.0
 
 
@@ -85,7 +87,7 @@ class ShapeModel:
     def save(self, path) -> None:
         """Writes the model to ``path`` (.npz)."""
         path = os.fspath(path)
-        with open(path, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, mean=np.asarray(self.mean), components=np.asarray(self.components),
                      eigenvalues=np.asarray(self.eigenvalues))
 

@@ -53,6 +53,7 @@ from asmnet_jax.data import pipeline
 from asmnet_jax import reports
 from asmnet_jax.errors import EvalError
 from asmnet_jax.eval_loop import FacePredictions, predict_faces
+from asmnet_jax.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +345,10 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
              f"(green: ground truth, red: prediction; best to worst NME) in "
              f"`{OUTPUT_FILES['grid']}`"]
     report = reports.markdown_report(results, dataset, row, threshold, notes)
-    with open(files["report"], "w") as f:
+    with atomic_open(files["report"]) as f:
         f.write(report)
     reports.plot_ced(files["ced"], {split: _split_errors(split, nme, normalisers[0])
-                            for split in reported}, threshold, normalisers[0])
+                                    for split in reported}, threshold, normalisers[0])
     selection = reports.grid_selection(faces, {s: nme[s][normalisers[0]] for s in faces},
                                        grid_faces)
     if selection:
@@ -366,7 +367,7 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
               "data_dir": data_dir, "model": loaded.describe(), "splits": results,
               "predicted_splits": predicted, "out": out, "files": files,
               "wall_s": time.perf_counter() - start}
-    with open(files["json"], "w") as f:
+    with atomic_open(files["json"]) as f:
         json.dump(output, f, indent=2)
         f.write("\n")
     output["report"] = report

@@ -53,6 +53,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from asmnet_jax.errors import AsmnetError
+from asmnet_jax.files import atomic_open
 
 #: Max abs difference allowed between the JAX model and the SavedModel / float32 TFLite outputs.
 FLOAT32_TOLERANCE = 1e-3
@@ -463,7 +464,7 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
                                    "tolerance": tolerance, "ok": ok}
     description["latency_ms"] = latency
     export_json = os.path.join(out_dir, EXPORT_JSON)
-    with open(export_json, "w") as f:
+    with atomic_open(export_json) as f:
         json.dump(description, f, indent=2)
         f.write("\n")
     return {"files": files, "max_abs_diff": diffs, "tolerance": tolerance, "ok": ok,

@@ -20,6 +20,7 @@ from asmnet_jax import metrics
 from asmnet_jax.data import pipeline
 from asmnet_jax.errors import EvalError
 from asmnet_jax.eval_loop import FacePredictions
+from asmnet_jax.files import atomic_open, temporary_path
 
 GRID_FACES = 16
 GRID_MIN_TILE = 128
@@ -111,7 +112,8 @@ def plot_ced(path: str, errors: Mapping[str, np.ndarray], threshold: float,
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path)
+    with temporary_path(path) as temporary:
+        fig.savefig(temporary)
     return path
 
 
@@ -170,7 +172,9 @@ def write_grid(path: str, selection, faces: Mapping[str, FacePredictions], sourc
         drawn.update({(split, i): t for i, t in zip(positions, tiles)})
     tiles = np.stack([drawn[key] for key in selection])  # the selection's order
     grid = image_grid(tiles, columns=int(math.ceil(math.sqrt(len(tiles)))), pad=GRID_PAD)
-    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+    with temporary_path(path) as temporary:
+        written = cv2.imwrite(temporary, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not written:
         raise EvalError(f"{path}: could not write the image")
     return path
 
@@ -180,7 +184,7 @@ def write_per_face(csv_path: str, npz_path: str, faces: Mapping[str, FacePredict
     """Per-face CSV (NMEs in %, absolute wrapped pose errors in degrees) and NPZ (module
     docstring) of the predicted splits."""
     arrays = {"input_size": np.int64(input_size)}
-    with open(csv_path, "w", newline="") as f:
+    with atomic_open(csv_path, newline="") as f:
         writer = csv.writer(f)
         normalisers = list(next(iter(nme.values())))
         pose_columns = [f"{a}_error_deg" for a in metrics.POSE_NAMES]
@@ -203,4 +207,5 @@ def write_per_face(csv_path: str, npz_path: str, faces: Mapping[str, FacePredict
                 arrays[f"{split}/nme_{norm}"] = nme[split][norm]
             arrays[f"{split}/pose_pred_deg"] = f_split.pose_deg
             arrays[f"{split}/pose_gt_deg"] = f_split.gt_pose_deg
-    np.savez(npz_path, **arrays)
+    with temporary_path(npz_path) as temporary:
+        np.savez(temporary, **arrays)

@@ -36,6 +36,7 @@ from asmnet_jax.config_base import base_config, unknown_key_message
 from asmnet_jax.data import augment, geometry, pipeline
 from asmnet_jax.depthwise import IMPLS, resolve_impl
 from asmnet_jax.errors import AsmnetError
+from asmnet_jax.files import atomic_open
 from asmnet_jax.losses import LANDMARK_LOSSES
 from asmnet_jax.models import INPUT_RANGES, MODELS, create_model
 
@@ -433,7 +434,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with atomic_open(os.path.join(workdir, "config.json")) as f:
             f.write(config.to_json_best_effort(indent=2))
 
     train_source, val_source = load_sources(config)
@@ -587,6 +588,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                "devices": jax.device_count(), "processes": process_count,
                "wall_s": time.perf_counter() - wall_start}
     if is_main:
-        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        with atomic_open(os.path.join(workdir, "metrics.json")) as f:
             json.dump(summary, f, indent=2)
     return summary
