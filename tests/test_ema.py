@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from asmnet_jax import inference, steps, train
-from asmnet_jax.asm import ShapeModel
 from asmnet_jax.models import ASMNet
 
+from _batches import random_batch_and_shape_model
 from conftest import tiny_config
 from test_train import _params
 
@@ -27,11 +27,7 @@ def test_ema_update_follows_closely_at_first_then_at_the_set_decay():
 def test_the_train_step_averages_params_and_statistics_and_trains_as_without():
     rng = np.random.default_rng(0)
     B, S = 4, 32
-    batch = {"image": rng.integers(0, 256, (B, S, S, 3)).astype(np.uint8),
-             "landmarks": rng.uniform(-.4, .4, (B, 136)).astype(np.float32),
-             "pose": rng.uniform(-1, 1, (B, 3)).astype(np.float32),
-             "mask": np.ones(B, np.float32)}
-    shape_model = ShapeModel.fit(rng.uniform(-.4, .4, (50, 136)), 0.9)
+    batch, shape_model = random_batch_and_shape_model(rng, B, S)
     model = ASMNet(num_landmarks=68, dropout_rate=0.0, bn_axis_name="data")
     optimizer = optax.adam(1e-3)
     decay = 0.9

@@ -18,18 +18,14 @@ from conftest import with_fast_compile
 SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from asmnet_jax.asm import ShapeModel
+    from _batches import random_batch_and_shape_model
     from asmnet_jax.models import ASMNet
     from asmnet_jax import steps
 
     assert jax.device_count() == 4 and jax.config.jax_enable_x64
     rng = np.random.default_rng(0)
     B, S = 8, 32
-    batch = {"image": rng.integers(0, 256, (B, S, S, 3)).astype(np.uint8),
-             "landmarks": rng.uniform(-.4, .4, (B, 136)).astype(np.float32),
-             "pose": rng.uniform(-1, 1, (B, 3)).astype(np.float32),
-             "mask": np.ones(B, np.float32)}
-    shape_model = ShapeModel.fit(rng.uniform(-.4, .4, (50, 136)), 0.9)
+    batch, shape_model = random_batch_and_shape_model(rng, B, S)
     model = ASMNet(num_landmarks=68, dropout_rate=0.0, bn_axis_name="data", dtype=jnp.float64)
     optimizer = optax.sgd(0.05)
     settings = steps.LossSettings(total_epochs=3, steps_per_epoch=10, head_l2_weight=0.01)
@@ -57,7 +53,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_one_step_on_four_devices_equals_one_step_on_one(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, XLA_FLAGS=with_fast_compile("--xla_force_host_platform_device_count=4"),
+               PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
                JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                           env=env, timeout=900, cwd=tmp_path)
