@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from functools import partial
 
 import numpy as np
 
 from asmnet_jax.errors import ModelError
+from asmnet_jax.landmarks import FLIP_ORDERS
 from asmnet_jax.models import MODELS, create_model
 
 FORMAT = "asmnet_jax.model/1"
@@ -115,7 +117,20 @@ def read_model_info(directory) -> dict:
     if not isinstance(info, dict) or info.get("model") not in MODELS or "num_landmarks" not in info:
         raise ModelError(f"{json_path}: expected 'model' (one of {sorted(MODELS)}) and "
                          "'num_landmarks'")
+    check_description(info, json_path)
     return info
+
+
+def check_description(info: dict, where: str) -> None:
+    """Raises :class:`ModelError` naming ``where`` (a ``model.json`` or a run's ``config.json``)
+    unless ``info`` names a known ``model`` and a landmark markup this project knows."""
+    if info.get("model") not in MODELS:
+        raise ModelError(f"{where}: 'model' is {info.get('model')!r}; expected one of "
+                         f"{sorted(MODELS)}")
+    count = info.get("num_landmarks")
+    if isinstance(count, bool) or count not in FLIP_ORDERS:
+        raise ModelError(f"{where}: 'num_landmarks' is {count!r}; this project knows "
+                         + " and ".join(str(n) for n in sorted(FLIP_ORDERS)))
 
 
 def load_model(directory, **model_kwargs):
@@ -144,14 +159,47 @@ def load_model(directory, **model_kwargs):
     npz_path = os.path.join(directory, VARIABLES_NPZ)
     if os.path.isfile(npz_path):
         return model, _read_npz(npz_path, target, info)
+    variables_dir = os.path.join(directory, VARIABLES_DIR)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            variables = checkpointer.restore(os.path.join(directory, VARIABLES_DIR), target)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        raise ModelError(f"{directory}: variables do not fit {info['model']} with "
-                         f"{info['num_landmarks']} landmarks: {error}") from error
+            # The stored shapes first: orbax restores arrays of other shapes than the target's.
+            stored = checkpointer.metadata(variables_dir).item_metadata
+            if stored is None:
+                raise ModelError(f"{variables_dir}: cannot read the variables (no readable "
+                                 "metadata: truncated or corrupt?)")
+            check_fit(variable_shapes(stored), variable_shapes(target), variables_dir, info)
+            variables = checkpointer.restore(variables_dir, target)
+    except ModelError:
+        raise
+    except (ValueError, KeyError, OSError) as error:  # orbax / tensorstore reading the files
+        raise ModelError(f"{variables_dir}: cannot read the variables (truncated or corrupt?): "
+                         f"{error}") from error
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), variables)
     return model, _to_plain_dicts(variables)
+
+
+def variable_shapes(tree) -> dict:
+    """``{'params/backbone/stem/kernel': shape, ...}`` of a tree of arrays or array metadata."""
+    import jax
+
+    def name(path):
+        return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+    leaves = jax.tree_util.tree_flatten_with_path(_to_plain_dicts(tree))[0]
+    return {name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def check_fit(stored: dict, wanted: dict, where: str, info: dict) -> None:
+    """Raises :class:`ModelError` naming ``where`` unless the ``{name: shape}`` of the stored
+    variables are those of the model ``info`` describes."""
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted))
+    wrong = sorted(k for k in set(wanted) & set(stored)
+                   if tuple(stored[k]) != tuple(wanted[k]))
+    if missing or extra or wrong:
+        raise ModelError(f"{where}: variables do not fit {info['model']} with "
+                         f"{info['num_landmarks']} landmarks (missing {missing[:3]}, unexpected "
+                         f"{extra[:3]}, wrong shapes {wrong[:3]})")
 
 
 def _read_npz(path, target, info):
@@ -161,17 +209,11 @@ def _read_npz(path, target, info):
     try:
         with np.load(path) as archive:
             stored = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ModelError(f"{path}: not a readable NumPy archive ({error})") from None
     wanted = traverse_util.flatten_dict(_to_plain_dicts(target), sep="/")
-    missing = sorted(set(wanted) - set(stored))
-    extra = sorted(set(stored) - set(wanted))
-    wrong = sorted(k for k in set(wanted) & set(stored)
-                   if tuple(stored[k].shape) != tuple(wanted[k].shape))
-    if missing or extra or wrong:
-        raise ModelError(f"{path}: variables do not fit {info['model']} with "
-                         f"{info['num_landmarks']} landmarks (missing {missing[:3]}, unexpected "
-                         f"{extra[:3]}, wrong shapes {wrong[:3]})")
+    check_fit({key: value.shape for key, value in stored.items()},
+               {key: value.shape for key, value in wanted.items()}, path, info)
     flat = {key: np.asarray(stored[key], np.float32) for key in wanted}
     return traverse_util.unflatten_dict(flat, sep="/")
 

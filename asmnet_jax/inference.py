@@ -90,6 +90,7 @@ def _read_config(workdir: str) -> Dict[str, Any]:
     for key in ("model", "num_landmarks", "input_size"):
         if key not in config:
             raise ModelError(f"{path}: missing key {key!r}")
+    model_io.check_description(config, path)
     return config
 
 
@@ -123,8 +124,12 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
             step = _best_step(manager, directory) if which == "best" else steps[-1]
         elif step not in steps:
             raise ModelError(f"{directory}: no checkpoint at step {step}; it has {steps}")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, OSError) as err:  # orbax / tensorstore reading the files
+            raise ModelError(f"{os.path.join(directory, str(step))}: cannot read the checkpoint "
+                             f"(truncated or corrupt?): {err}") from err
     finally:
         manager.close()
     state = restored["state"]
@@ -138,7 +143,7 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
         kwargs["dropout_rate"] = config["dropout_rate"]
     kwargs.update(model_kwargs)
     model = _build(config["model"], int(config["num_landmarks"]), kwargs)
-    _check_variables(model, variables, f"{directory}/{step}")
+    _check_variables(model, variables, f"{directory}/{step}", config)
     return LoadedModel(model=model, variables=variables, model_name=config["model"],
                        num_landmarks=int(config["num_landmarks"]),
                        input_size=int(config["input_size"]),
@@ -168,25 +173,17 @@ def _to_numpy(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)
 
 
-def _check_variables(model, variables, where: str) -> None:
-    """Raises naming ``where`` if ``variables`` do not have the tree and shapes of ``model``."""
+def _check_variables(model, variables, where: str, config: Dict[str, Any]) -> None:
+    """Raises naming ``where`` if ``variables`` do not have the tree and shapes of ``model`` (the
+    ``model`` with ``num_landmarks`` of ``config``)."""
     import jax
     import jax.numpy as jnp
 
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                  jnp.zeros((1, 32, 32, 3)), train=False))
     want = {k: v for k, v in abstract.items() if k in ("params", "batch_stats")}
-    want_paths = {jax.tree_util.keystr(p): x.shape
-                  for p, x in jax.tree_util.tree_flatten_with_path(want)[0]}
-    have_paths = {jax.tree_util.keystr(p): np.shape(x)
-                  for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]}
-    missing = sorted(set(want_paths) - set(have_paths))
-    extra = sorted(set(have_paths) - set(want_paths))
-    wrong = sorted(p for p in set(want_paths) & set(have_paths)
-                   if tuple(want_paths[p]) != tuple(have_paths[p]))
-    if missing or extra or wrong:
-        raise ModelError(f"{where}: variables do not fit the model (missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}, wrong shapes {wrong[:3]})")
+    model_io.check_fit(model_io.variable_shapes(variables), model_io.variable_shapes(want), where,
+                        config)
 
 
 def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) -> LoadedModel:

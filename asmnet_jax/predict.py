@@ -18,7 +18,13 @@ The flow for each image (in the order given; a directory is walked for image fil
    (:func:`asmnet_jax.data.crop.uncrop_points`) to the original image's pixels; pose to degrees.
 5. **Output**: ``OUT/predictions.json`` (every image, its faces: box, landmarks, yaw/pitch/roll) and
    one ``OUT/<image>.png`` per image with the landmarks and the 3-D pose axes drawn. The last line
-   printed on stdout is a one-line JSON summary.
+   printed on stdout is a one-line JSON summary. An image in which no face was found is listed
+   there (``no_faces``) and named in a warning.
+
+Images: whatever OpenCV decodes; grey, CMYK and 16-bit images are converted to 8-bit RGB and an
+EXIF orientation is applied (the photo is read upright). At most :data:`MAX_IMAGE_PIXELS`
+(100 megapixels), checked from the file's header before it is decoded; a larger image is an
+error asking to downscale it (with ``--skip-bad``: listed as unreadable).
 
 Coordinates in the output: 0-based pixel coordinates of the original image with pixel centres at
 integers (:mod:`asmnet_jax.landmarks`); boxes are ``[x_min, y_min, x_max, y_max]`` in the same
@@ -51,10 +57,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
 import time
+import warnings
 from collections import deque
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -70,6 +78,12 @@ from asmnet_jax.errors import AsmnetError
 #: line are read whatever their ending.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PREDICTIONS_JSON = "predictions.json"
+#: The largest image read, in pixels (width x height): 100 megapixels, a medium-format camera's
+#: photo. An image is held as about four (H, W, 3) uint8 copies at once (decoded, RGB, drawing,
+#: encoding), some 1.2 GB at this size; OpenCV's own bound, 2**30 pixels, would allow 13 GB. A
+#: larger image is refused from its header, before it is decoded (a small PNG can hold a huge
+#: blank image), with a message asking to downscale it.
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 class PredictError(AsmnetError):
@@ -80,16 +94,49 @@ class PredictError(AsmnetError):
 # Images
 
 
-def read_image(path) -> np.ndarray:
-    """Reads an image file -> (H, W, 3) uint8 RGB (grey and 16-bit images are converted).
+def check_image_size(path, source=None) -> None:
+    """Raises :class:`PredictError` naming ``path`` if the image has more than
+    :data:`MAX_IMAGE_PIXELS` pixels, judged from its header without decoding its pixels.
 
-    Raises :class:`PredictError` naming ``path`` if it cannot be opened or decoded.
+    ``source``: the file's bytes as a binary file object (default: ``path`` is opened). Pillow
+    reads the header (matplotlib, a dependency, requires it); a file it does not know as an
+    image is left to the decoder.
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - matplotlib requires Pillow
+        return
+    path = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path if source is None else source) as image:
+                width, height = image.size
+        size = f"{width} x {height} pixels ({width * height / 1e6:.0f} megapixels)"
+    except Image.DecompressionBombError:  # over twice Pillow's own bound, above ours
+        width = height = None
+        size = f"more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels"
+    except (OSError, ValueError, SyntaxError):  # not an image Pillow knows
+        return
+    if width is None or width * height > MAX_IMAGE_PIXELS:
+        raise PredictError(f"{path}: {size} is over the limit of "
+                           f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; downscale the image first")
+
+
+def read_image(path) -> np.ndarray:
+    """Reads an image file -> (H, W, 3) uint8 RGB (grey, CMYK and 16-bit images are converted;
+    an EXIF orientation is applied, so the image is upright).
+
+    Raises :class:`PredictError` naming ``path`` if it cannot be opened or decoded, or if it has
+    more than :data:`MAX_IMAGE_PIXELS` pixels (checked before decoding).
     """
     path = os.fspath(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise PredictError(f"{path}: cannot open ({error.strerror or error})") from None
+    if data.size:
+        check_image_size(path, io.BytesIO(data.tobytes()))
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise PredictError(f"{path}: not a readable image (empty, truncated or unknown format)")
@@ -108,6 +155,7 @@ def check_image_file(path) -> None:
         raise PredictError(f"{path}: cannot open ({error.strerror or error})") from None
     if not head or not cv2.haveImageReader(path):
         raise PredictError(f"{path}: not a readable image (empty or unknown format)")
+    check_image_size(path)
 
 
 def write_image(path, image) -> None:
@@ -892,7 +940,9 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
       min_score: detector score threshold (default: the detector's).
       flip: test-time flip averaging.
       skip_bad: report unreadable images in the output instead of raising.
-      warn: receives a line for each key of ``boxes_file`` that matches no input image.
+      warn: receives a line for each key of ``boxes_file`` that matches no input image, each
+        image skipped as unreadable (``skip_bad``) and each image in which no face was found
+        (these are listed in the summary and the JSON as well).
 
     Raises :class:`PredictError` (naming the file or option) for bad input.
     """
@@ -943,12 +993,18 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
         if result.error is not None:
             record["error"] = result.error
             unreadable.append(result.source.path)
+            warn(f"skipped {result.error}")
         else:
             h, w = result.image.shape[:2]
             record.update(width=w, height=h, faces=[_face_json(f) for f in result.faces])
             face_count += len(result.faces)
             if not result.faces:
                 no_faces.append(result.source.path)
+                if result.source.path not in boxes:  # (given no boxes: the user said so)
+                    warn(f"{result.source.path}: no face found" + (
+                        f" by the detector {detector_name}" if detect is not None else
+                        " (no boxes given, and --detector none)")
+                        + "; give its box with --boxes or --box")
             if draw:
                 path = _drawing_path(out, result.source, used, input_paths)
                 write_image(path, draw_faces(result.image, result.faces))

@@ -25,6 +25,7 @@ each written once here:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from typing import Any, Callable, Optional
@@ -37,6 +38,10 @@ NOISY_LOGGERS = ("absl", "jax", "orbax", "grain", "tensorflow", "tensorflow_data
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 #: ``--which`` values: the checkpoint with the lowest validation NME, or the newest.
 WHICH = ("best", "latest")
+#: Loggers whose records while a model loads are held back (:func:`load_model`): passed on when
+#: it loads, dropped when it does not (orbax logs an unreadable file before raising; the error's
+#: one line says what is wrong).
+MODEL_LOADING_LOGGERS = ("absl", "orbax")
 
 
 def make_parser(prog: str, description: str, epilog: Optional[str] = None
@@ -88,14 +93,49 @@ def load_model(args: argparse.Namespace, **model_kwargs):
     """:func:`asmnet_jax.inference.load` of ``--model`` / ``--step`` / ``--which``.
 
     Raises :class:`asmnet_jax.errors.ModelError` whose message starts with ``--model``, for a model
-    that cannot be loaded and for a path that does not exist.
+    that cannot be loaded and for a path that does not exist. The log records of
+    :data:`MODEL_LOADING_LOGGERS` are held back while it loads and dropped when it fails, so
+    that the error stays one line.
     """
     from asmnet_jax import inference
 
+    with _held_logs(MODEL_LOADING_LOGGERS) as held:
+        try:
+            return inference.load(args.model, step=args.step, which=args.which, **model_kwargs)
+        except (ModelError, FileNotFoundError) as err:
+            held.records.clear()  # the error's one line says what is wrong
+            raise ModelError(f"--model: {err}") from None
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_logs(names):
+    """Holds back the records of the loggers ``names`` (and their children) in a :class:`_Held`,
+    and passes on those still held at the end."""
+    held = _Held()
+    loggers = [logging.getLogger(name) for name in names]
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(held)
+        logger.propagate = False
     try:
-        return inference.load(args.model, step=args.step, which=args.which, **model_kwargs)
-    except (ModelError, FileNotFoundError) as err:
-        raise ModelError(f"--model: {err}") from None
+        yield held
+    finally:
+        for logger, value in zip(loggers, propagate):
+            logger.removeHandler(held)
+            logger.propagate = value
+        for record in held.records:
+            logging.getLogger(record.name).handle(record)
 
 
 def quiet_logs() -> None:

@@ -16,7 +16,8 @@ import sys
 from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_out_argument,
                             load_model, make_parser, run)
 from asmnet_jax.inference import DEFAULT_MODEL
-from asmnet_jax.predict import AUTO_ORDER, DETECTORS, IMAGE_EXTENSIONS, predict_files
+from asmnet_jax.predict import (AUTO_ORDER, DETECTORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS,
+                                predict_files)
 
 PROG = "asmnet-predict"
 DEFAULT_OUT = "predictions"
@@ -32,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "stdout line is a JSON summary.",
         epilog="Coordinates are 0-based pixels of the original image (pixel centres at "
                "integers); angles are degrees: +yaw face toward the image right, +pitch chin up, "
-               f"+roll clockwise. The default model, {DEFAULT_MODEL}, is ASMNet trained on 300W "
-               "faces: for non-commercial research only.")
+               f"+roll clockwise. Images of more than {MAX_IMAGE_PIXELS // 10**6} megapixels "
+               "are refused (downscale them first). The default model, "
+               f"{DEFAULT_MODEL}, is ASMNet trained on 300W faces: for non-commercial research "
+               "only.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files and directories (walked recursively for "
                              + "/".join(e[1:] for e in IMAGE_EXTENSIONS) + " files)")
