@@ -30,3 +30,8 @@ class OptionError(AsmnetError, ValueError):
 
 class EvalError(AsmnetError, ValueError):
     """Bad input to an evaluation (path, dataset, split, option); the message names it."""
+
+
+class PredictError(AsmnetError):
+    """Bad input to ``asmnet-predict`` (an image, a box, a detector, an option); the message names
+    it."""

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from asmnet_jax import inference
+from asmnet_jax import detection, drawing
 from asmnet_jax import predict as P
 from asmnet_jax.data import crop, synthetic
 
@@ -66,13 +67,13 @@ def main(argv=None) -> int:
         loaded = inference.load(args.model, which=args.which)
         scene, truth = render_scene(args.seed, args.tile)
         source = P.ImageInput("scene.png", "scene.png")
-        boxes, detect, calibration = {}, None, P.GIVEN_BOXES
+        boxes, detect, calibration = {}, None, detection.GIVEN_BOXES
         if args.detector == "none":
             corners = [crop.landmark_box(points, 0.0) for points, _ in truth]
             boxes[source.path] = [[b.cx - b.side / 2, b.cy - b.side / 2, b.cx + b.side / 2,
                                    b.cy + b.side / 2] for b in corners]
         else:
-            spec = P.choose_detector(args.detector)
+            spec = detection.choose_detector(args.detector)
             detect, calibration = spec.build(None), spec.calibration
     except (P.PredictError, ValueError, FileNotFoundError) as error:
         print(f"make_predict_figure: error: {error}", file=sys.stderr)
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
                                 batch_size=8, boxes=boxes, detect=detect,
                                 calibration=calibration, read={source.path: scene}.get)
 
-    figure = P.draw_faces(scene, result.faces)
+    figure = drawing.draw_faces(scene, result.faces)
     scale = args.tile / 640
     for face in result.faces:
         centre = face["landmarks"].mean(axis=0)

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import pytest
 
-from asmnet_jax import export as export_lib, inference, predict as P
+from asmnet_jax import detection, export as export_lib, inference, predict as P
 from asmnet_jax.cli import eval as eval_cli, export as export_cli, predict as predict_cli
 
 SIZE = 32
@@ -151,7 +151,7 @@ def _boxes_file(tmp_path, image, box):
 
 def _detector_or_skip():
     try:
-        return P.choose_detector("auto")
+        return detection.choose_detector("auto")
     except P.PredictError as error:
         pytest.skip(str(error))
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from asmnet_jax import detection, drawing
 from asmnet_jax import predict as P
 from asmnet_jax.cli import predict as predict_cli
 from asmnet_jax.data import crop
@@ -206,18 +207,18 @@ def test_pose_axes_point_the_way_of_the_pose_convention():
         return (xs.mean() - 100, ys.mean() - 100, mask.sum()) if mask.any() else (0, 0, 0)
 
     blank = np.zeros((200, 200, 3), np.uint8)
-    frontal = P.draw_pose_axes(blank, (100, 100), (0, 0, 0), 60)
+    frontal = drawing.draw_pose_axes(blank, (100, 100), (0, 0, 0), 60)
     x, y, _ = centroid(frontal, 0)  # red: the head's x axis, image right
     assert x > 20 and abs(y) < 3
     x, y, _ = centroid(frontal, 1)  # green: up
     assert y < -20 and abs(x) < 3
     assert centroid(frontal, 2)[2] < 40  # blue points at the viewer: (almost) nothing drawn
     assert not blank.any()  # a copy is drawn on
-    x, y, _ = centroid(P.draw_pose_axes(blank, (100, 100), (45, 0, 0), 60), 2)
+    x, y, _ = centroid(drawing.draw_pose_axes(blank, (100, 100), (45, 0, 0), 60), 2)
     assert x > 10 and abs(y) < 3  # +yaw: the face (z) turns toward the image right
-    x, y, _ = centroid(P.draw_pose_axes(blank, (100, 100), (0, 30, 0), 60), 2)
+    x, y, _ = centroid(drawing.draw_pose_axes(blank, (100, 100), (0, 30, 0), 60), 2)
     assert y < -8 and abs(x) < 3  # +pitch: chin up, the face looks up
-    x, y, _ = centroid(P.draw_pose_axes(blank, (100, 100), (0, 0, 30), 60), 1)
+    x, y, _ = centroid(drawing.draw_pose_axes(blank, (100, 100), (0, 0, 30), 60), 1)
     assert x > 8 and y < -15  # +roll: clockwise, the top of the head moves right
 
 
@@ -237,13 +238,13 @@ def test_box_parsing_and_matching():
 
 
 def test_calibration_inverse_and_detector_helpers():
-    calibration = P.BoxCalibration(scale=1.1, dx=0.02, dy=-0.05)
+    calibration = detection.BoxCalibration(scale=1.1, dx=0.02, dy=-0.05)
     face = calibration.face_box([10, 20, 50, 60])
     np.testing.assert_allclose(calibration.detector_box(face), [10, 20, 50, 60], atol=1e-9)
-    assert len(P.blazeface_anchors(128, (8, 16, 16, 16), 2)) == 896
-    anchors = P.blazeface_anchors(192, (4,), 1)
+    assert len(detection.blazeface_anchors(128, (8, 16, 16, 16), 2)) == 896
+    anchors = detection.blazeface_anchors(192, (4,), 1)
     assert anchors.shape == (2304, 2) and anchors.min() > 0 and anchors.max() < 1
-    merged = P.weighted_nms([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60], [0, 0, 0, 0]],
+    merged = detection.weighted_nms([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60], [0, 0, 0, 0]],
                             [0.9, 0.3, 0.8, 0.7])
     np.testing.assert_allclose(merged[0], [0.5, 0, 10.5, 10, 0.9], atol=1e-5)
     assert len(merged) == 3 and merged[1, 4] == pytest.approx(0.8)
@@ -378,7 +379,7 @@ def test_cli_unreadable_images_stop_the_run_or_are_reported_with_skip_bad(model_
 
 def _detector_or_skip(name):
     try:
-        return P.choose_detector(name)
+        return detection.choose_detector(name)
     except P.PredictError as error:
         pytest.skip(str(error))
 
@@ -398,7 +399,7 @@ def test_default_detector_finds_a_synthetic_face_through_the_cli(model_dir, tmp_
     assert face["box_source"] == "detector" and face["score"] > 0.5
     x0, y0, x1, y1 = face["face_box"]
     found = crop.SquareBox((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0)
-    assert P._square_iou(found, crop.landmark_box(record["landmarks"], 0.0)) > 0.6
+    assert detection._square_iou(found, crop.landmark_box(record["landmarks"], 0.0)) > 0.6
 
 
 @pytest.mark.parametrize("name", ["auto", "haar"])
@@ -411,6 +412,6 @@ def test_detector_finds_real_faces_and_its_calibration_fits(shared_data, name):
     if not paths:
         pytest.skip(f"no 300W images in {folder}")
     samples = [(P.read_image(p), read_pts(p.with_suffix(".pts"))) for p in paths]
-    report = P.measure_calibration(spec.build(None), samples)
+    report = detection.measure_calibration(spec.build(None), samples)
     assert report["detected"] == len(samples)
     assert report["iou_after"] > 0.75, report

@@ -16,8 +16,8 @@ import sys
 from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_out_argument,
                             load_model, make_parser, run)
 from asmnet_jax.inference import DEFAULT_MODEL
-from asmnet_jax.predict import (AUTO_ORDER, DETECTORS, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS,
-                                predict_files)
+from asmnet_jax.detection import AUTO_ORDER, DETECTORS
+from asmnet_jax.predict import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, predict_files
 
 PROG = "asmnet-predict"
 DEFAULT_OUT = "predictions"
