@@ -28,6 +28,7 @@ from functools import partial
 import numpy as np
 
 from asmnet_jax.errors import ModelError
+from asmnet_jax.files import atomic_open
 from asmnet_jax.landmarks import FLIP_ORDERS
 from asmnet_jax.models import MODELS, create_model
 
@@ -86,16 +87,14 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         flat = traverse_util.flatten_dict(_to_plain_dicts(variables), sep="/")
         arrays = {key: np.asarray(value, dtype=dtype or np.asarray(value).dtype)
                   for key, value in flat.items()}
-        with open(npz_path + ".tmp", "wb") as f:
+        with atomic_open(npz_path, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(npz_path + ".tmp", npz_path)
     else:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(variables_dir, _to_plain_dicts(variables))
             checkpointer.wait_until_finished()
-    with open(json_path + ".tmp", "w") as f:
+    with atomic_open(json_path) as f:
         f.write(text + "\n")
-    os.replace(json_path + ".tmp", json_path)
     return directory
 
 

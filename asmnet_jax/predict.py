@@ -53,6 +53,7 @@ from asmnet_jax.data import crop, geometry
 from asmnet_jax.detection import DETECTORS, GIVEN_BOXES, BoxCalibration, Detector, choose_detector
 from asmnet_jax.drawing import draw_faces
 from asmnet_jax.errors import PredictError
+from asmnet_jax.files import atomic_open, temporary_path
 
 #: File name endings taken from a directory walk (case-insensitive); files named on the command
 #: line are read whatever their ending.
@@ -142,7 +143,8 @@ def write_image(path, image) -> None:
     if not ok:
         raise PredictError(f"{path}: could not encode the image")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data.tofile(path)
+    with temporary_path(path) as temporary:
+        data.tofile(temporary)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -541,10 +543,9 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
         "images": records,
         "no_faces": no_faces, "unreadable": unreadable, "unused_box_keys": unused,
     }
-    with open(json_path + ".tmp", "w", encoding="utf-8") as handle:
+    with atomic_open(json_path, encoding="utf-8") as handle:
         json.dump(document, handle, indent=1)
         handle.write("\n")
-    os.replace(json_path + ".tmp", json_path)
     return {"images": len(records), "faces": face_count,
             "no_faces": {"count": len(no_faces), "images": no_faces},
             "unreadable": {"count": len(unreadable), "images": unreadable},
