@@ -190,7 +190,7 @@ def list_images(inputs: Sequence[str], exclude: Optional[str] = None) -> List[Im
 def model_crop_box(face_box: crop.SquareBox, margin: float) -> crop.SquareBox:
     """The face box grown by ``margin`` of its side on each side: the square the model sees
     (the same rule as :func:`asmnet_jax.data.pipeline.base_matrix`)."""
-    return crop.SquareBox(face_box.cx, face_box.cy, face_box.side * (1.0 + 2.0 * margin))
+    return crop.SquareBox(face_box.cx, face_box.cy, crop.grown_side(face_box.side, margin))
 
 
 def crop_for_model(image, face_box: crop.SquareBox, input_size: int, margin: float

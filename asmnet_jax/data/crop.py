@@ -28,13 +28,19 @@ class SquareBox(NamedTuple):
     side: float
 
 
-def _square(x_min, y_min, x_max, y_max, margin: float) -> SquareBox:
+def grown_side(side: float, margin: float) -> float:
+    """The side of a square box grown by ``margin`` of its side on each side: the one rule by
+    which training crops, evaluation crops and photos in ``asmnet-predict`` frame a face."""
     if not margin > -0.5:
         raise ValueError(f"margin must be > -0.5, got {margin}")
+    return side * (1.0 + 2.0 * margin)
+
+
+def _square(x_min, y_min, x_max, y_max, margin: float) -> SquareBox:
     values = np.array([x_min, y_min, x_max, y_max], np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError(f"box has non-finite values: {values}")
-    side = max(values[2] - values[0], values[3] - values[1]) * (1.0 + 2.0 * margin)
+    side = grown_side(max(values[2] - values[0], values[3] - values[1]), margin)
     if not side > 0:
         raise ValueError(f"box {values} has no extent")
     return SquareBox(float((values[0] + values[2]) / 2), float((values[1] + values[3]) / 2),

@@ -67,7 +67,7 @@ def base_matrix(box, margin: float, input_size: int) -> np.ndarray:
     """(2, 3) transform from crop pixels to the model input: the face box grown by ``margin`` on
     each side (so its side is ``side * (1 + 2 margin)``) fills the S x S input."""
     cx, cy, side = (float(v) for v in box)
-    return crop.crop_transform((cx, cy, side * (1.0 + 2.0 * margin)), input_size)
+    return crop.crop_transform((cx, cy, crop.grown_side(side, margin)), input_size)
 
 
 def _text(value) -> str:
