@@ -133,28 +133,15 @@ def headline_split(results: Mapping[str, Mapping], requested: Sequence[str]) -> 
 # Data
 
 
-_TFDS_NAMES = {"w300": "w300", "wflw": "wflw", "synthetic_faces": "synthetic_faces"}
-
-
-def _tfds_builder(dataset: str, data_dir, tfds_config):
-    from asmnet_jax.data import tfds_builders
-
-    builder = tfds_builders.get_builder(_TFDS_NAMES[dataset], data_dir, tfds_config)
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"dataset {dataset!r} (config {builder.builder_config.name!r}) is not built in "
-            f"{builder.data_dir}; build it with: asmnet-build-data {dataset} --manual-dir DIR "
-            "(or pass --data-dir)")
-    return builder
-
-
 def available_splits(dataset: str, data_dir=None, tfds_config=None) -> List[str]:
     """The splits ``dataset`` offers (for TFDS: the built ones)."""
     if dataset == "synthetic":
         return list(SYNTHETIC_SPLITS)
-    if dataset not in _TFDS_NAMES:
+    if dataset not in DATASETS:
         raise EvalError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    return list(_tfds_builder(dataset, data_dir, tfds_config).info.splits)
+    from asmnet_jax.data import tfds_builders
+
+    return list(tfds_builders.built_builder(dataset, data_dir, tfds_config).info.splits)
 
 
 def default_splits(dataset: str, available: Sequence[str]) -> List[str]:
@@ -209,7 +196,7 @@ def open_source(dataset: str, split: str, *, config: Mapping, data_dir=None, tfd
                                         int(config["num_landmarks"]), int(config["input_size"]))
     from asmnet_jax.data import tfds_builders
 
-    return tfds_builders.data_source(_TFDS_NAMES[dataset], split, data_dir, tfds_config)
+    return tfds_builders.data_source(dataset, split, data_dir, tfds_config)
 
 
 def check_markup(source, num_landmarks: int, dataset: str, split: str) -> None:

@@ -233,13 +233,21 @@ def build(name: str, manual_dir=None, data_dir=None, config: Optional[str] = Non
     return builder
 
 
-def data_source(name: str, split: str, data_dir=None, config: Optional[str] = None):
-    """A random-access source of the built split (raises naming the directory if not built)."""
+def built_builder(name: str, data_dir=None, config: Optional[str] = None):
+    """The builder of dataset ``name``, which must be built: FileNotFoundError naming the
+    directory looked in and the command that builds it otherwise."""
     builder = get_builder(name, data_dir, config)
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"dataset {name!r} (config {builder.builder_config.name!r}) is not built in "
-            f"{builder.data_dir}; build it with: asmnet-build-data {name} --manual-dir DIR")
+            f"{builder.data_dir}; build it with: asmnet-build-data {name} --manual-dir DIR "
+            "(or give the --data-dir it was built in)")
+    return builder
+
+
+def data_source(name: str, split: str, data_dir=None, config: Optional[str] = None):
+    """A random-access source of the built split (raises naming the directory if not built)."""
+    builder = built_builder(name, data_dir, config)
     if split not in builder.info.splits:
         raise OptionError(f"dataset {name!r} has no split {split!r}; it has "
                           f"{sorted(builder.info.splits)}")
