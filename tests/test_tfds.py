@@ -134,3 +134,14 @@ def test_a_bad_record_stops_the_build_instead_of_dropping_its_split(tmp_path):
     (lists / "list_98pt_rect_attr_test.txt").write_text("1.0 2.0 3.0 0--Event/img.jpg\n")
     with pytest.raises(DataError, match=r"list_98pt_rect_attr_test.txt:1: .*tokens"):
         tfds_builders.build("wflw", manual_dir=manual, data_dir=tmp_path / "tfds")
+
+
+def test_a_dataset_not_built_names_the_directory_and_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        tfds_builders.data_source("w300", "train", str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path) in message and "asmnet-build-data w300 --manual-dir DIR" in message
+    from asmnet_jax import evaluate
+
+    with pytest.raises(FileNotFoundError, match="is not built in"):
+        evaluate.available_splits("wflw", str(tmp_path))
