@@ -274,3 +274,12 @@ def test_split_resolution():
 def test_names_survive_the_trip_between_processes():
     names = ["WFLW_images/51--Dancing/51_Dancing_Dancing_51_x.jpg#0", "héllo", ""]
     assert eval_loop._decode_names(eval_loop._encode_names(names)) == names
+
+
+def test_best_is_the_kept_checkpoint_with_the_lowest_validation_nme(run):
+    workdir, _ = run
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        nme = {r["step"]: r["nme"] for r in map(json.loads, f) if r["kind"] == "val"}
+    kept = _steps(workdir)
+    assert inference.load(workdir).step == min(kept, key=nme.get)
+    assert inference.load(workdir, which="latest").step == kept[-1]
