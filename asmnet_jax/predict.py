@@ -6,8 +6,8 @@ work.
 The flow for each image (in the order given; a directory is walked for image files):
 
 1. **Faces.** Boxes the user passes (``--boxes FILE.json``, ``--box x0,y0,x1,y1``) or a face
-   detector (:data:`DETECTORS`, pluggable: :func:`register_detector`). A detector box is mapped to
-   the face box the model was trained with by the detector's :class:`BoxCalibration`.
+   detector (:mod:`asmnet_jax.detection`, pluggable: ``detection.register_detector``). A detector
+   box is mapped to the face box the model was trained with by the detector's calibration.
 2. **Crops**, exactly as in training (:func:`asmnet_jax.data.pipeline.base_matrix`): the face box
    (the landmarks' square bounding box in training) grown by the model's ``margin`` on each side,
    resampled to the model's input size; black outside the image.
