@@ -111,12 +111,9 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise ModelError(f"{workdir}: no checkpoints/ folder (has the run saved a checkpoint?)")
-    # Reading needs none of training's preservation settings, only its ranking of checkpoints by
-    # the validation NME that each one's saved metrics hold (orbax's best_step).
+    # The same preservation settings as training are not needed to read: a plain manager.
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(
-                                        create=False, best_fn=lambda m: m["val_nme"],
-                                        best_mode="min"))
+                                    options=ocp.CheckpointManagerOptions(create=False))
     try:
         steps = sorted(manager.all_steps())
         if not steps:
@@ -124,9 +121,7 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
         if step is None:
             if which not in ("best", "latest"):
                 raise OptionError(f"which must be 'best' or 'latest', got {which!r}")
-            # A run without saved metrics (no evaluation yet) has no best: its newest.
-            best = manager.best_step() if which == "best" else None
-            step = steps[-1] if best is None else int(best)
+            step = _best_step(manager, directory) if which == "best" else steps[-1]
         elif step not in steps:
             raise ModelError(f"{directory}: no checkpoint at step {step}; it has {steps}")
         try:
@@ -154,6 +149,22 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
                        input_size=int(config["input_size"]),
                        margin=float(config.get("margin", crop.DEFAULT_MARGIN)),
                        path=os.path.join(directory, str(step)), step=int(step), config=config)
+
+
+def _best_step(manager, directory: str) -> int:
+    """The step whose ``meta`` records the lowest validation NME, else the newest."""
+    import orbax.checkpoint as ocp
+
+    best, best_nme = None, float("inf")
+    for step in manager.all_steps():
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is not a candidate
+            continue
+        nme = (meta["meta"] or {}).get("val_nme")
+        if nme is not None and nme < best_nme:
+            best, best_nme = step, nme
+    return int(best) if best is not None else int(max(manager.all_steps()))
 
 
 def _to_numpy(tree):
