@@ -29,6 +29,9 @@ from asmnet_jax.asm import ShapeModel
 from asmnet_jax.losses import asm_alpha, landmark_mse, total_loss
 
 DATA_AXIS = "data"
+#: Compiled programs (init, train step, eval step) kept per process: runs that repeat a model and
+#: its settings in one process (sweeps, notebooks, tests) reuse them instead of tracing anew.
+_PROGRAMS_KEPT = 8
 
 
 @flax.struct.dataclass
@@ -78,10 +81,14 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.
                        input_size: int) -> TrainState:
     """Initialises params and BN statistics (on the host's default device) and the optimizer.
 
-    One compiled function: run eagerly, the optimizer's and the key's small ops would each compile
-    on their own (tens of them).
+    One compiled function (run eagerly, the optimizer's and the key's small ops would each compile
+    on their own, tens of them), kept for the process like the steps below.
     """
+    return _init_program(model, optimizer, int(input_size))(rng)
 
+
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
+def _init_program(model, optimizer, input_size: int) -> Callable:
     def init(rng):
         init_rng, state_rng = jax.random.split(rng)
         images = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
@@ -91,7 +98,7 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=optimizer.init(params), rng=jax.random.key_data(state_rng))
 
-    return jax.jit(init)(rng)
+    return jax.jit(init)
 
 
 def with_ema(state: TrainState) -> TrainState:
@@ -198,11 +205,14 @@ def eval_step(variables, batch: Dict[str, jax.Array], *, model,
             "pose": (pose[:count] + mirrored_pose) / 2}
 
 
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callable:
     """``step(state, batch, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
 
     ``model`` must be built with ``bn_axis_name='data'``. State and shape model are replicated,
-    the batch is split along its first axis; the state's buffers are donated.
+    the batch is split along its first axis; the state's buffers are donated. The same arguments
+    (equal model, settings and mesh, the same optimizer object) give the same function, so a second
+    run in the process neither traces nor compiles again.
     """
     per_device = functools.partial(train_step, model=model, optimizer=optimizer,
                                    settings=settings)
@@ -211,9 +221,11 @@ def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callab
     return jax.jit(sharded, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def compile_eval_step(model, mesh, flip: bool = False) -> Callable:
     """``predict(variables, batch) -> {'landmarks', 'pose'}``, sharded along the batch; ``flip``
-    averages with the prediction on mirrored images (:func:`eval_step`)."""
+    averages with the prediction on mirrored images (:func:`eval_step`). Kept for the process
+    per (model, mesh, flip), like :func:`compile_train_step`."""
     from asmnet_jax.landmarks import FLIP_ORDERS
 
     flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -248,6 +248,22 @@ def make_optimizer(opt, schedule) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+_OPTIMIZERS: Dict[Tuple[str, int, int], Tuple[Callable, optax.GradientTransformation]] = {}
+
+
+def schedule_and_optimizer(opt, steps_per_epoch: int, total_steps: int):
+    """(:func:`learning_rate_schedule`, :func:`make_optimizer`) for ``config.optimizer``, the same
+    objects for the same settings within a process, so that the steps compiled for them are
+    reused (:func:`asmnet_jax.steps.compile_train_step` keeps them per optimizer object)."""
+    key = (opt.to_json(sort_keys=True), int(steps_per_epoch), int(total_steps))
+    if key not in _OPTIMIZERS:
+        if len(_OPTIMIZERS) >= 8:
+            _OPTIMIZERS.pop(next(iter(_OPTIMIZERS)))
+        schedule = learning_rate_schedule(opt, steps_per_epoch, total_steps)
+        _OPTIMIZERS[key] = (schedule, make_optimizer(opt, schedule))
+    return _OPTIMIZERS[key]
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -462,8 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
 
     mesh = steps_lib.make_mesh()
     model = build_model(config, bn_axis_name=steps_lib.DATA_AXIS)
-    schedule = learning_rate_schedule(config.optimizer, steps_per_epoch, total_steps)
-    optimizer = make_optimizer(config.optimizer, schedule)
+    schedule, optimizer = schedule_and_optimizer(config.optimizer, steps_per_epoch, total_steps)
     settings = steps_lib.LossSettings(total_epochs=config.num_epochs,
                                       steps_per_epoch=steps_per_epoch,
                                       head_l2_weight=config.head_l2,

@@ -160,9 +160,11 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, t
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
+    # The run's own model, optimizer and init program (kept by the process: nothing recompiles).
+    _, optimizer = train.schedule_and_optimizer(tiny_config().optimizer, 4, 12)
     template = train.steps_lib.with_ema(train.steps_lib.create_train_state(
-        train.build_model(tiny_config()),
-        train.make_optimizer(tiny_config().optimizer, lambda s: 1e-3), jax.random.key(0), 32))
+        train.build_model(tiny_config(), bn_axis_name=train.steps_lib.DATA_AXIS), optimizer,
+        jax.random.key(0), 32))
     ckpt = train.Checkpoints(checkpoints, 2)
     try:
         state, meta = ckpt.restore_latest(jax.tree_util.tree_map(
@@ -294,9 +296,10 @@ def test_a_68_point_run_warm_starts_a_98_point_run(uninterrupted, tmp_path, capl
     assert state["params"]["landmark_head"]["kernel"].shape[-1] == 196
     # What the run would have started from without the warm start: far off.
     config = tiny_config(num_landmarks=98, max_steps=1, num_epochs=1, seed=1)
+    _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 4)  # the run's
     fresh = train.steps_lib.create_train_state(
-        train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS),
-        train.make_optimizer(config.optimizer, lambda s: 1e-3), jax.random.key(1), 32)
+        train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS), optimizer,
+        jax.random.key(1), 32)
     assert _max_difference(fresh.params["backbone"], saved["params"]["backbone"]) > 0.1
 
 
