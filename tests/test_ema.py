@@ -4,11 +4,9 @@ that a run evaluates and ships the average."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from asmnet_jax import inference, steps, train
-from asmnet_jax.models import ASMNet
 
 from _batches import random_batch_and_shape_model
 from conftest import tiny_config
@@ -24,20 +22,28 @@ def test_ema_update_follows_closely_at_first_then_at_the_set_decay():
     np.testing.assert_allclose(steps.ema_update(ema, x, 3, 0.2)["w"], 0.8, rtol=1e-6)
 
 
-def test_the_train_step_averages_params_and_statistics_and_trains_as_without():
+def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tiny_run):
+    # The session's tiny run's model, optimizer, loss settings and shape model: the averaging step
+    # is that run's compiled program; only the plain one compiles here.
+    from asmnet_jax.asm import ShapeModel
+
+    config = tiny_config()
     rng = np.random.default_rng(0)
-    B, S = 4, 32
-    batch, shape_model = random_batch_and_shape_model(rng, B, S)
-    model = ASMNet(num_landmarks=68, dropout_rate=0.0, bn_axis_name="data")
-    optimizer = optax.adam(1e-3)
-    decay = 0.9
-    settings = steps.LossSettings(total_epochs=2, steps_per_epoch=2, ema_decay=decay)
+    B, S = config.batch_size, config.input_size
+    batch, _ = random_batch_and_shape_model(rng, B, S)
+    shape_model = ShapeModel.load(f"{tiny_run[0]}/asm.npz")
+    model = train.build_model(config, bn_axis_name=steps.DATA_AXIS)
+    _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
+    decay = config.ema_decay
+    averaging = steps.LossSettings(total_epochs=config.num_epochs, steps_per_epoch=4,
+                                   head_l2_weight=config.head_l2,
+                                   landmark_loss=config.landmark_loss, ema_decay=decay)
     mesh = steps.make_mesh(jax.devices()[:1])
-    step = steps.compile_train_step(model, optimizer, settings, mesh)
     batch = {k: jax.device_put(v, steps.batch_sharding(mesh)) for k, v in batch.items()}
     shape_model = steps.replicate(shape_model, mesh)
 
-    def run(state, n):
+    def run(state, settings, n):
+        step = steps.compile_train_step(model, optimizer, settings, mesh)
         history = [jax.device_get(state)]
         for _ in range(n):
             state, _ = step(state, batch, shape_model)
@@ -45,8 +51,8 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without():
         return history
 
     init = steps.create_train_state(model, optimizer, jax.random.key(0), S)
-    plain = run(steps.replicate(init, mesh), 2)
-    averaged = run(steps.replicate(steps.with_ema(init), mesh), 2)
+    plain = run(steps.replicate(init, mesh), averaging.replace(ema_decay=0.0), 2)
+    averaged = run(steps.replicate(steps.with_ema(init), mesh), averaging, 2)
     for a, b in zip(plain, averaged):  # the average does not feed back into training
         for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats)),
                         jax.tree_util.tree_leaves((b.params, b.batch_stats))):

@@ -265,19 +265,17 @@ def test_warm_start_refuses_another_architecture_or_input_range(tmp_path):
         init_lib.load_checkpoint_weights(str(tmp_path / "none"), "asmnet", 68, "unit", fresh)
 
 
-def test_a_run_starts_from_imagenet_weights_with_bn_reestimated(tmp_path, caplog):
+def test_a_run_starts_from_imagenet_weights_with_bn_reestimated(tiny_run, tmp_path, caplog):
     """asmnet-train's path: config.init='imagenet' loads the file, re-estimates the BNs on
     training crops and logs both; the first step then starts from those weights."""
     import logging
 
     from asmnet_jax import train
-    from asmnet_jax.config_base import base_config
+    from conftest import tiny_config
 
     path = _keras_case(str(tmp_path), 2, folded=True, seed=2)[0]
-    c = base_config()
-    c.update(input_size=SIZE, batch_size=8, num_epochs=1, max_steps=1, progress_bar=False,
-             init="imagenet", init_path=path, input_range="signed", init_bn_images=16)
-    c.synthetic.train, c.synthetic.validation = 16, 8
+    # The session's tiny run (the fixture) with an ImageNet start: its programs are compiled.
+    c = tiny_config(max_steps=1, init="imagenet", init_path=path, init_bn_images=16)
     caplog.set_level(logging.INFO, logger="asmnet_jax")
     summary = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert summary["step"] == 1

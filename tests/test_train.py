@@ -17,7 +17,7 @@ import pytest
 
 from asmnet_jax import train
 from asmnet_jax.config_base import base_config
-from conftest import tiny_config
+from conftest import tiny_config, tiny_flags
 
 
 def _params(workdir):
@@ -73,7 +73,8 @@ def _max_difference(a, b):
     ("augment.rotation_deg", -5.0, r"^config.augment.rotation_deg=-5.0: must be >= 0$"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
-    c = tiny_config(dataset="w300") if key == "num_landmarks" else tiny_config()
+    # input_range "unit" so that init="imagenet" has a range to reject.
+    c = tiny_config(input_range="unit", **({"dataset": "w300"} if key == "num_landmarks" else {}))
     c.unlock()
     target = c
     *parents, leaf = key.split(".")
@@ -207,15 +208,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupt
 
 def test_the_cli_runs_the_default_config_end_to_end(tiny_run, tmp_path):
     workdir = tmp_path / "cli"
-    # The tiny run's settings (conftest.tiny_config), stopped after one epoch: the command
-    # compiles nothing the session's cache does not already hold.
-    tiny = tiny_config()
+    # The tiny run's settings (conftest.tiny_config: the built-in default and conftest.TINY),
+    # stopped after one epoch: XLA compiles nothing the session's cache does not already hold.
     cmd = [sys.executable, "-m", "asmnet_jax.cli.train", f"--workdir={workdir}",
-           f"--config.input_size={tiny.input_size}", f"--config.batch_size={tiny.batch_size}",
-           f"--config.synthetic.train={tiny.synthetic.train}",
-           f"--config.synthetic.validation={tiny.synthetic.validation}",
-           f"--config.num_epochs={tiny.num_epochs}", f"--config.ema_decay={tiny.ema_decay}",
-           "--config.max_steps=4", "--config.progress_bar=False"]
+           *tiny_flags(max_steps=4)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -229,7 +225,7 @@ def test_the_cli_runs_the_default_config_end_to_end(tiny_run, tmp_path):
     bad = subprocess.run(cmd + ["--config.num_landmark=98"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "num_landmark" in bad.stderr
-    missing = subprocess.run(cmd + ["--config.init=imagenet", "--config.input_range=signed",
+    missing = subprocess.run(cmd + ["--config.init=imagenet",
                                     f"--config.init_path={tmp_path / 'nowhere.h5'}"],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-3000:]
@@ -275,32 +271,51 @@ def test_every_config_file_is_valid(name):
     assert config.asm_loss == (not name.startswith("mnv2"))
 
 
-def test_a_68_point_run_warm_starts_a_98_point_run(uninterrupted, tmp_path, caplog):
-    """config.init='checkpoint': the backbone starts from the other run's best checkpoint, the
-    98-point landmark head starts anew (and the log says so)."""
+def _warm_start(source, workdir, caplog, num_landmarks):
+    """Runs one step of tiny_config warm-started from ``source``; returns (state, saved source
+    variables, a fresh state's params for the same run)."""
     import logging
 
     from asmnet_jax import inference
 
-    source, _ = uninterrupted
     saved = inference.load(source).variables  # the best checkpoint, which init_path takes
     caplog.set_level(logging.INFO, logger="asmnet_jax")
-    workdir = str(tmp_path / "warm")
     # Seed 1: the source ran with seed 0, so a backbone near it can only come from the warm start.
-    train.train_and_evaluate(tiny_config(num_landmarks=98, init="checkpoint", init_path=source,
-                                         max_steps=1, num_epochs=1, seed=1), workdir)
-    assert "new landmark_head" in caplog.text and "warm start from" in caplog.text
+    config = tiny_config(num_landmarks=num_landmarks, init="checkpoint", init_path=source,
+                         max_steps=1, seed=1)
+    train.train_and_evaluate(config, workdir)
+    assert "warm start from" in caplog.text
     _, state = _params(workdir)
-    # One Adam step of at most ~lr away from the source backbone; a scratch start is far off.
-    assert _max_difference(state["params"]["backbone"], saved["params"]["backbone"]) < 1e-2
-    assert state["params"]["landmark_head"]["kernel"].shape[-1] == 196
-    # What the run would have started from without the warm start: far off.
-    config = tiny_config(num_landmarks=98, max_steps=1, num_epochs=1, seed=1)
-    _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 4)  # the run's
+    # What the run would have started from without the warm start (the run's own programs).
+    _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
     fresh = train.steps_lib.create_train_state(
         train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS), optimizer,
         jax.random.key(1), 32)
-    assert _max_difference(fresh.params["backbone"], saved["params"]["backbone"]) > 0.1
+    return state, saved, fresh.params
+
+
+def test_a_run_warm_starts_from_another_runs_best_checkpoint(uninterrupted, tmp_path, caplog):
+    """config.init='checkpoint' in asmnet-train's path: the backbone and heads start from the
+    other run's best checkpoint (the same programs as the session's run: nothing compiles)."""
+    state, saved, fresh = _warm_start(uninterrupted[0], str(tmp_path / "warm"), caplog, 68)
+    # One Adam step of at most ~lr away from the source; a scratch start is far off.
+    assert _max_difference(state["params"]["backbone"], saved["params"]["backbone"]) < 1e-2
+    assert _max_difference(state["params"]["landmark_head"],
+                           saved["params"]["landmark_head"]) < 1e-2
+    assert _max_difference(fresh["backbone"], saved["params"]["backbone"]) > 0.1
+    assert "new landmark_head" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_68_point_run_warm_starts_a_98_point_run(uninterrupted, tmp_path, caplog):
+    """The same with a 98-point run: its landmark head starts anew (and the log says so). Slow
+    (a 98-point model compiles its own programs); the default tier checks the 68 -> 98 weights
+    in test_init.py and the run's warm-start path above."""
+    state, saved, fresh = _warm_start(uninterrupted[0], str(tmp_path / "warm"), caplog, 98)
+    assert "new landmark_head" in caplog.text
+    assert _max_difference(state["params"]["backbone"], saved["params"]["backbone"]) < 1e-2
+    assert state["params"]["landmark_head"]["kernel"].shape[-1] == 196
+    assert _max_difference(fresh["backbone"], saved["params"]["backbone"]) > 0.1
 
 
 def test_learning_rate_schedules():
