@@ -22,9 +22,13 @@ import ablation  # noqa: E402
 import asm_accuracy  # noqa: E402
 import study  # noqa: E402
 
-TINY = ["--config", str(ROOT / "configs" / "default.py"), "--set", "input_size=64",
-        "--set", "synthetic.train=32", "--set", "synthetic.validation=16", "--set", "batch_size=8",
-        "--set", "max_steps=1", "--set", "progress_bar=False"]
+import conftest  # noqa: E402
+
+# The built-in default with the session's tiny settings (conftest.TINY), one step: the runs the
+# grid starts compile only what the session's cache already holds.
+TINY = ["--config", str(ROOT / "configs" / "default.py"),
+        *(part for key, value in conftest.TINY.items() for part in ("--set", f"{key}={value}")),
+        "--set", "max_steps=1"]
 
 
 def _summary(nme, fr=0.0, auc=0.5, pose=(1.0, 2.0, 3.0)):
@@ -177,16 +181,14 @@ def test_asm_accuracy_reports_finished_runs_and_their_components(tmp_path, capsy
 
 
 @pytest.fixture(scope="module")
-def finished_ablation(tmp_path_factory):
-    """ROOT of an ablation whose ASMNet seed 0 ran one step, and that first invocation's output."""
+def finished_ablation(tiny_run, tmp_path_factory):
+    """ROOT of an ablation whose ASMNet seed 0 ran one step, and that first invocation's output.
+    Its run is the session's tiny run (the fixture) stopped after a step: XLA compiles nothing."""
     root = tmp_path_factory.mktemp("ablation")
     args = TINY + ["--workdir", str(root), "--seeds", "0", "--only", "ASMNet"]
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            pytest.MonkeyPatch.context() as env:
-        # The runner compiles about a third faster without XLA's optimisations: one step only.
-        env.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = _grid.main(ablation.GRID, "", args)
     return root, args, code, out.getvalue(), err.getvalue()
 
@@ -206,7 +208,7 @@ def test_the_ablation_trains_and_writes_its_report(finished_ablation):
         "yaw", "pitch", "roll"}
     assert rows["mnv2"]["seeds_done"] == [] and line["failed"] == []
     table = (root / "ablation.md").read_text()
-    for text in ("config file:", "`input_size=64`", "`synthetic.train=32`", "synthetic faces",
+    for text in ("config file:", "`input_size=32`", "`synthetic.train=32`", "synthetic faces",
                  "seeds: 0", "date:", "command:", "CPUs", "| ASMNet | ASMNet | + ASM | 1/1 |",
                  "| mnv2 | MobileNetV2 | plain | 0/1 |"):
         assert text in table, text
