@@ -372,3 +372,26 @@ def test_the_built_in_default_is_configs_default():
     spec.loader.exec_module(module)
     assert module.get_config().to_dict() == config_base.get_config().to_dict()
     assert config_base.get_config().landmark_loss == "l1"  # not the schema's default
+
+
+def test_equal_settings_reuse_the_compiled_programs():
+    """A second run of the same model and settings in a process gets the same optimizer object
+    and so the same jitted init and steps (nothing traced again); another setting gets new ones."""
+    config = tiny_config()
+    _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
+    assert train.schedule_and_optimizer(tiny_config().optimizer, 4, 12)[1] is optimizer
+    assert train.schedule_and_optimizer(config.optimizer, 4, 16)[1] is not optimizer
+    other = tiny_config(**{"optimizer.learning_rate": 5e-4}).optimizer
+    assert train.schedule_and_optimizer(other, 4, 12)[1] is not optimizer
+    mesh = train.steps_lib.make_mesh()
+    model = train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS)
+    same_model = train.build_model(tiny_config(), bn_axis_name=train.steps_lib.DATA_AXIS)
+    settings = train.steps_lib.LossSettings(total_epochs=3, steps_per_epoch=4)
+    step = train.steps_lib.compile_train_step(model, optimizer, settings, mesh)
+    assert train.steps_lib.compile_train_step(same_model, optimizer, settings, mesh) is step
+    assert train.steps_lib.compile_train_step(
+        model, optimizer, settings.replace(ema_decay=0.5), mesh) is not step
+    assert train.steps_lib.compile_eval_step(model, mesh) is \
+        train.steps_lib.compile_eval_step(same_model, mesh)
+    assert train.steps_lib.compile_eval_step(model, mesh, flip=True) is not \
+        train.steps_lib.compile_eval_step(model, mesh)
