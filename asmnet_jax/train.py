@@ -11,12 +11,13 @@ optimizer state, RNG and data position) and continues exactly as if it had never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -248,20 +249,19 @@ def make_optimizer(opt, schedule) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-_OPTIMIZERS: Dict[Tuple[str, int, int], Tuple[Callable, optax.GradientTransformation]] = {}
-
-
 def schedule_and_optimizer(opt, steps_per_epoch: int, total_steps: int):
     """(:func:`learning_rate_schedule`, :func:`make_optimizer`) for ``config.optimizer``, the same
     objects for the same settings within a process, so that the steps compiled for them are
     reused (:func:`asmnet_jax.steps.compile_train_step` keeps them per optimizer object)."""
-    key = (opt.to_json(sort_keys=True), int(steps_per_epoch), int(total_steps))
-    if key not in _OPTIMIZERS:
-        if len(_OPTIMIZERS) >= 8:
-            _OPTIMIZERS.pop(next(iter(_OPTIMIZERS)))
-        schedule = learning_rate_schedule(opt, steps_per_epoch, total_steps)
-        _OPTIMIZERS[key] = (schedule, make_optimizer(opt, schedule))
-    return _OPTIMIZERS[key]
+    return _schedule_and_optimizer(opt.to_json(sort_keys=True), int(steps_per_epoch),
+                                   int(total_steps))
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule_and_optimizer(opt_json: str, steps_per_epoch: int, total_steps: int):
+    opt = ml_collections.ConfigDict(json.loads(opt_json))  # scalars only: an exact round trip
+    schedule = learning_rate_schedule(opt, steps_per_epoch, total_steps)
+    return schedule, make_optimizer(opt, schedule)
 
 
 # ----------------------------------------------------------------------------------------------
