@@ -175,6 +175,16 @@ def draw(key, batch_size: int, config: AugmentConfig, out_size: int) -> Dict[str
     }
 
 
+def _mix32(x):
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 that spreads every input bit over
+    the output (avalanche)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
 @functools.partial(jax.jit, static_argnames=("out_size",))
 def random_bytes(seed, out_size: int):
     """The per-pixel random bytes of one example: ``(2, S, S, 3)`` uint8 from its ``seed`` (2,).
@@ -182,10 +192,20 @@ def random_bytes(seed, out_size: int):
     ``[0]`` fills the noise patches (every patch takes the bytes under it: each pixel's final value
     is still an independent uniform byte, as on the host where each patch draws fresh bytes),
     ``[1]`` is the pixel noise.
+
+    A counter-based hash, not ``jax.random``: each 32-bit word is two rounds of
+    :func:`_mix32` over its index and the seed, cut into four bytes. The bytes are uniform and
+    independent for augmentation's purposes (not for cryptography), and on a CPU they cost a
+    tenth of threefry's (13 against 133 ms for a batch of 32 at 224 px): the noise of every
+    example is made in every step, so this is most of the augmentation's randomness cost.
     """
     seed = jnp.asarray(seed, jnp.uint32)
-    key = jax.random.fold_in(jax.random.key(seed[0]), seed[1])
-    return jax.random.bits(key, (2, out_size, out_size, 3), jnp.uint8)
+    words = (2 * out_size * out_size * 3 + 3) // 4
+    index = jnp.arange(words, dtype=jnp.uint32)
+    x = _mix32(index * jnp.uint32(0x9E3779B1) + seed[0])
+    x = _mix32(x ^ seed[1])
+    data = jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(-1)
+    return data[:2 * out_size * out_size * 3].reshape(2, out_size, out_size, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,10 +427,15 @@ def gaussian_blur(images, sigma, max_kernel: int = 7):
     exceed ``(max_kernel - 1) / 2``."""
     kernels = blur_kernels(sigma, max_kernel)
     radius = (int(max_kernel) - 1) // 2
-    _, h, w, _ = images.shape
+    b, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
-    rows = sum(kernels[:, k, None, None, None] * padded[:, k:k + h] for k in range(2 * radius + 1))
-    return sum(kernels[:, k, None, None, None] * rows[:, :, k:k + w] for k in range(2 * radius + 1))
+    # Columns and channels as one axis: a shift by one pixel is a contiguous slice (a quarter
+    # less time on the CPU than slicing the 4-D array; the same sums).
+    padded = padded.reshape(b, h + 2 * radius, (w + 2 * radius) * c)
+    taps = range(2 * radius + 1)
+    rows = sum(kernels[:, k, None, None] * padded[:, k:k + h] for k in taps)
+    out = sum(kernels[:, k, None, None] * rows[:, :, k * c:k * c + w * c] for k in taps)
+    return out.reshape(b, h, w, c)
 
 
 def patch_sides(frac, out_size: int):
