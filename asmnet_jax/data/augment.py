@@ -40,7 +40,6 @@ import dataclasses
 import math
 from typing import Any, Dict, Mapping, Tuple
 
-import cv2
 import numpy as np
 
 from asmnet_jax.data import geometry
@@ -296,6 +295,8 @@ def color_jitter(image, brightness: float, contrast: float, saturation: float) -
     linear, so ``x3 = c b S x + (1 - c) b mean_grey(x)`` with ``S = s I + (1 - s) 1 w^T``. Factors
     of 1 leave the image unchanged; results saturate at 0 and 255.
     """
+    import cv2
+
     mean_grey = float(np.dot(cv2.mean(image)[:3], _GREY_WEIGHTS))
     sat = saturation * np.eye(3) + (1.0 - saturation) * np.outer(np.ones(3), _GREY_WEIGHTS)
     colour = np.empty((3, 4))
@@ -307,6 +308,8 @@ def color_jitter(image, brightness: float, contrast: float, saturation: float) -
 def gaussian_blur(image, sigma: float, max_kernel: int = 7) -> np.ndarray:
     """Gaussian blur with ``sigma`` pixels, kernel side ``min(max_kernel, 2 ceil(3 sigma) + 1)``."""
     side = min(int(max_kernel), 2 * int(math.ceil(3.0 * sigma)) + 1)
+    import cv2
+
     return cv2.GaussianBlur(image, (side, side), sigmaX=sigma, sigmaY=sigma,
                             borderType=cv2.BORDER_REFLECT_101)
 
@@ -345,6 +348,8 @@ def add_noise(image, std: float, rng: np.random.Generator) -> np.ndarray:
     noise = np.frombuffer(rng.bytes(image.size), np.uint8).reshape(image.shape)
     alpha = std / _BYTE_STD
     # image + alpha * (noise - 127.5), rounded and saturated in one pass.
+    import cv2
+
     return cv2.addWeighted(image, 1.0, noise, alpha, -127.5 * alpha, dtype=cv2.CV_8U)
 
 

@@ -7,7 +7,6 @@ centres at integer coordinates, the same convention, so points and pixels move t
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -49,8 +48,13 @@ def similarity(scale: float = 1.0, angle_deg: float = 0.0, center=(0.0, 0.0),
     return m
 
 
-def warp(image, matrix, size, border_value=0, interpolation=cv2.INTER_LINEAR) -> np.ndarray:
-    """Warps ``image`` (H, W[, C]) by M into a (size, size) or (W, H)=size output."""
+def warp(image, matrix, size, border_value=0, interpolation=None) -> np.ndarray:
+    """Warps ``image`` (H, W[, C]) by M into a (size, size) or (W, H)=size output
+    (``interpolation``: an OpenCV flag, default ``cv2.INTER_LINEAR``)."""
+    import cv2  # here, so that the device input path runs without OpenCV
+
+    if interpolation is None:
+        interpolation = cv2.INTER_LINEAR
     w, h = (size, size) if np.isscalar(size) else size
     if np.isscalar(border_value):  # OpenCV reads a scalar as (v, 0, 0, 0): fill every channel
         border_value = (border_value,) * 4

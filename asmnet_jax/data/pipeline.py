@@ -32,12 +32,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Iterator, Mapping, Optional
 
-import grain
 import numpy as np
 
 from asmnet_jax import landmarks as lm
 from asmnet_jax.data import augment as aug
-from asmnet_jax.data import crop, examples
+from asmnet_jax.data import crop
 
 HOST_KEYS = ("name", "index")
 
@@ -118,6 +117,8 @@ def _eval_transform(config: PipelineConfig):
 
 
 def _with_index(source) -> grain.MapDataset:
+    import grain  # here: the device input path trains without grain
+
     # grain hands the position in a repeated stream down to the source; reduce it modulo N.
     count = len(source)
     return grain.MapDataset.source(source).map_with_index(
@@ -180,6 +181,8 @@ def _ensure_absl_flags() -> None:
 def iterate(dataset: grain.MapDataset, start: int = 0, num_workers: int = 0,
             prefetch_buffer: int = 2) -> Iterator[Dict[str, np.ndarray]]:
     """Iterates ``dataset`` from batch ``start``, with ``num_workers`` worker processes."""
+    import grain
+
     iter_ds = dataset[start:].to_iter_dataset()
     if num_workers > 0:
         _ensure_absl_flags()
@@ -219,11 +222,13 @@ class SyntheticSource:
     ``split``, when given, names the examples ``synthetic/SPLIT/i``."""
 
     def __init__(self, count: int, seed: int = 0, num_landmarks: int = 68,
-                 store_size: int = examples.STORE_SIZE, split: Optional[str] = None):
+                 store_size: Optional[int] = None, split: Optional[str] = None):
+        from asmnet_jax.data import examples
+
         self._count = int(count)
         self._seed = int(seed)
         self._num_landmarks = lm.check_num_landmarks(num_landmarks)
-        self._store_size = int(store_size)
+        self._store_size = int(examples.STORE_SIZE if store_size is None else store_size)
         self._split = split
 
     def __len__(self) -> int:
@@ -233,6 +238,8 @@ class SyntheticSource:
         index = int(index)
         if not 0 <= index < self._count:
             raise IndexError(f"synthetic index {index} out of range [0, {self._count})")
+        from asmnet_jax.data import examples
+
         return examples.synthetic_example(self._seed, index, self._store_size,
                                           self._num_landmarks, split=self._split)
 
@@ -247,6 +254,8 @@ def synthetic_split(split: str, count: int, seed: int, num_landmarks: int, input
     renders and ``asmnet-eval`` re-renders, the same for the same arguments. ``in_memory``:
     rendered now into an :class:`InMemorySource` (training reads each face many times), else on
     demand."""
+    from asmnet_jax.data import examples
+
     source = SyntheticSource(count, examples.synthetic_seed(seed, split), num_landmarks,
                              examples.synthetic_store_size(input_size), split=split)
     if in_memory:
