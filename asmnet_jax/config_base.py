@@ -57,6 +57,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.margin = 0.1                # face box margin on each side, fraction of its side
     c.augment = ml_collections.ConfigDict(AugmentConfig().to_dict())
     c.num_workers = 0             # grain worker processes (0: in the training process)
+    # Where training batches are made (asmnet_jax/data/resident.py): "device" holds the stored
+    # crops in device memory and augments inside the jitted step; "host" decodes and augments
+    # them on the host with grain and OpenCV; "auto" is "device" when one device's shard of the
+    # training set takes at most a quarter of its memory, else "host".
+    c.input = "auto"
+    # A folder of portable exports (asmnet-build-data ... --npz DIR writes DIR/DATASET/SPLIT.npz):
+    # read instead of the TFDS dataset, so that training needs no TensorFlow ("" = TFDS).
+    c.arrays_dir = ""
 
     # Optimisation.
     c.batch_size = 32             # global batch, split over all devices and hosts

@@ -100,7 +100,7 @@ def predict_faces(predict, variables, source, pcfg: pipeline.PipelineConfig, mes
       every batch.
     """
     if len(source) == 0:
-        raise DataError("the evaluation source holds no faces")
+        raise DataError("the evaluation source", "holds no faces")
     dataset = pipeline.eval_dataset(source, pcfg, process_index, process_count)
     local = pcfg.batch_size // process_count
     num_batches = math.ceil(len(source) / pcfg.batch_size)
@@ -150,3 +150,25 @@ def validation_metrics(predict, variables, source, pcfg: pipeline.PipelineConfig
     nme = metrics.per_face_nme(faces.landmarks, faces.gt_landmarks, "inter_ocular",
                                num_landmarks)
     return metrics.summarize(nme, pose_pred=faces.pose_deg, pose_gt=faces.gt_pose_deg)
+
+
+def resident_validation_metrics(predict, variables, data, gt_landmarks: np.ndarray,
+                                gt_pose_deg: np.ndarray, num_landmarks: int) -> Dict:
+    """Training's validation on a resident set (``config.input="device"``): one call of
+    ``predict`` (:func:`asmnet_jax.steps.compile_resident_eval`) over ``data``
+    (:func:`asmnet_jax.data.resident.place`), then the summary of :func:`validation_metrics`.
+
+    ``gt_landmarks`` (N, 2n) model units and ``gt_pose_deg`` (N, 3) are the labels of the base
+    crops in record order; the placed set may hold a few repeated records after them (shard
+    padding), which are dropped.
+    """
+    out = predict(variables, data)
+    if jax.process_count() > 1:
+        out = multihost_utils.process_allgather(out, tiled=True)
+    else:
+        out = jax.device_get(out)
+    count = len(gt_landmarks)
+    landmarks = np.asarray(out["landmarks"])[:count]
+    pose = lm.model_pose_to_degrees(np.asarray(out["pose"])[:count])
+    nme = metrics.per_face_nme(landmarks, gt_landmarks, "inter_ocular", num_landmarks)
+    return metrics.summarize(nme, pose_pred=pose, pose_gt=gt_pose_deg)

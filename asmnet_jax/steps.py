@@ -205,17 +205,38 @@ def eval_step(variables, batch: Dict[str, jax.Array], *, model,
             "pose": (pose[:count] + mirrored_pose) / 2}
 
 
+def resident_train_step(state: TrainState, data: Dict[str, jax.Array],
+                        shape_model: Optional[ShapeModel], *, resident, **kwargs):
+    """:func:`train_step` on a batch this device cuts from its shard of a resident set (``data``,
+    from :func:`asmnet_jax.data.resident.place`) at the state's step: records, augmentation and
+    labels are all computed here, from (seed, step) (``resident``: a
+    :class:`~asmnet_jax.data.resident.ResidentSpec`)."""
+    from asmnet_jax.data import resident as resident_lib
+
+    batch = resident_lib.train_batch(data, state.step, resident)
+    return train_step(state, batch, shape_model, **kwargs)
+
+
 @functools.lru_cache(maxsize=_PROGRAMS_KEPT)
-def compile_train_step(model, optimizer, settings: LossSettings, mesh) -> Callable:
+def compile_train_step(model, optimizer, settings: LossSettings, mesh,
+                       resident=None) -> Callable:
     """``step(state, batch, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
 
     ``model`` must be built with ``bn_axis_name='data'``. State and shape model are replicated,
     the batch is split along its first axis; the state's buffers are donated. The same arguments
     (equal model, settings and mesh, the same optimizer object) give the same function, so a second
     run in the process neither traces nor compiles again.
+
+    With ``resident`` (a :class:`~asmnet_jax.data.resident.ResidentSpec`) the second argument is
+    the resident training set instead of a batch (:func:`resident_train_step`): pass the same
+    arrays at every step.
     """
-    per_device = functools.partial(train_step, model=model, optimizer=optimizer,
-                                   settings=settings)
+    if resident is None:
+        per_device = functools.partial(train_step, model=model, optimizer=optimizer,
+                                       settings=settings)
+    else:
+        per_device = functools.partial(resident_train_step, resident=resident, model=model,
+                                       optimizer=optimizer, settings=settings)
     sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
@@ -231,6 +252,44 @@ def compile_eval_step(model, mesh, flip: bool = False) -> Callable:
     flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None
     sharded = jax.shard_map(functools.partial(eval_step, model=model, flip_order=flip_order),
                             mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+    return jax.jit(sharded)
+
+
+def resident_eval(variables, data: Dict[str, jax.Array], *, model, input_size: int,
+                  chunk: int, border_value: int = 0, flip_order=None) -> Dict[str, jax.Array]:
+    """Predictions for every record of this device's shard of a resident set (m records, in
+    shard order): the base warp (:func:`asmnet_jax.data.resident.eval_images`) and the model, in
+    chunks of ``chunk`` records run one after the other (``lax.map``), so the activations of one
+    chunk are alive at a time."""
+    from asmnet_jax.data import resident as resident_lib
+
+    shard_size = data["image"].shape[0]
+    chunks = resident_lib.eval_chunks(shard_size, chunk)
+    rows = (jnp.arange(chunks * chunk) % shard_size).reshape(chunks, chunk)
+
+    def one(index):
+        part = {"image": data["image"][index], "matrix": data["matrix"][index]}
+        images = resident_lib.eval_images(part, input_size, border_value)
+        return eval_step(variables, {"image": images}, model=model, flip_order=flip_order)
+
+    out = lax.map(one, rows)
+    return {key: value.reshape(chunks * chunk, *value.shape[2:])[:shard_size]
+            for key, value in out.items()}
+
+
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
+def compile_resident_eval(model, mesh, input_size: int, chunk: int, border_value: int = 0,
+                          flip: bool = False) -> Callable:
+    """``predict(variables, data) -> {'landmarks' (D m, 2n), 'pose' (D m, 3)}`` for a whole
+    resident set (:func:`resident_eval` on every shard), in the placed record order."""
+    from asmnet_jax.landmarks import FLIP_ORDERS
+
+    flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None
+    per_device = functools.partial(resident_eval, model=model, input_size=int(input_size),
+                                   chunk=int(chunk), border_value=int(border_value),
+                                   flip_order=flip_order)
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                            out_specs=P(DATA_AXIS))
     return jax.jit(sharded)
 
 

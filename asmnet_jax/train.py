@@ -34,7 +34,7 @@ from asmnet_jax import metrics
 from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import base_config, unknown_key_message
-from asmnet_jax.data import augment, geometry, pipeline
+from asmnet_jax.data import augment, geometry, pipeline, resident
 from asmnet_jax.depthwise import IMPLS, resolve_impl
 from asmnet_jax.errors import AsmnetError
 from asmnet_jax.files import atomic_open
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 DATASET_LANDMARKS = {"w300": 68, "wflw": 98}
 SCHEDULES = ("cosine", "constant", "authors_cyclic")
+#: Where training batches are made (config.input; asmnet_jax/data/resident.py).
+INPUTS = ("auto", "device", "host")
 #: Compute dtypes (parameters stay float32). float64 needs JAX_ENABLE_X64 (exactness tests).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -127,6 +129,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"{config.dropout_rate} is not in [0, 1)")
     require(config.head_l2 >= 0.0, "head_l2", f"{config.head_l2} is negative")
     require(config.num_workers >= 0, "num_workers", f"{config.num_workers} is negative")
+    require(config.input in INPUTS, "input", f"{config.input!r} is not one of {INPUTS}")
     for split in ("train", "validation"):
         require(config.synthetic[split] > 0, f"synthetic.{split}",
                 f"{config.synthetic[split]}: must be positive")
@@ -173,11 +176,33 @@ def load_sources(config) -> Tuple[object, object]:
                                               config.synthetic.seed, config.num_landmarks,
                                               config.input_size, in_memory=True)
                      for split in ("train", "validation"))
+    if config.arrays_dir:  # portable exports: no TensorFlow needed
+        return tuple(resident.ArraySource(resident.load_npz(
+            resident.npz_path(config.arrays_dir, config.dataset, split), config.num_landmarks))
+            for split in (config.train_split, config.val_split))
     from asmnet_jax.data import tfds_builders
 
     data_dir = config.data_dir or None
     return (tfds_builders.data_source(config.dataset, config.train_split, data_dir),
             tfds_builders.data_source(config.dataset, config.val_split, data_dir))
+
+
+def host_arrays(source, config, what: str) -> resident.HostArrays:
+    """The examples of ``source`` stacked (a ``.npz`` export's arrays are used as they are)."""
+    if isinstance(source, resident.ArraySource):
+        return source.arrays
+    return resident.arrays_from_source(source, config.num_landmarks, what)
+
+
+def resolve_input(config, train_source) -> str:
+    """``config.input`` with "auto" decided: "device" when one device's shard of the training set
+    takes at most :data:`resident.AUTO_MEMORY_FRACTION` of the device's memory."""
+    if config.input != "auto":
+        return config.input
+    image = np.asarray(train_source[0]["image"])
+    estimate = len(train_source) * (image.nbytes + 4 * (2 * config.num_landmarks + 6))
+    memory = resident.device_memory_bytes()
+    return "device" if resident.fits(estimate, jax.device_count(), memory) else "host"
 
 
 def training_labels(source, config) -> Tuple[np.ndarray, np.ndarray]:
@@ -454,6 +479,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             f.write(config.to_json_best_effort(indent=2))
 
     train_source, val_source = load_sources(config)
+    input_path = resolve_input(config, train_source)
+    if input_path == "device":  # read once; labels, BN re-estimation and placement use the copy
+        load_start = time.perf_counter()
+        train_source = resident.ArraySource(host_arrays(train_source, config,
+                                                        "the training split"))
+        val_source = resident.ArraySource(host_arrays(val_source, config,
+                                                      "the validation split"))
+        log.info("input on the device: %d training and %d validation faces (%.0f MB) read in "
+                 "%.1f s", len(train_source), len(val_source),
+                 (train_source.arrays.nbytes + val_source.arrays.nbytes) / 1e6,
+                 time.perf_counter() - load_start)
     pcfg = pipeline_config(config)
     steps_per_epoch = len(train_source) // config.batch_size
     if steps_per_epoch == 0:
@@ -465,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     shape_model = None
     shapes, poses = training_labels(train_source, config)
     # The mean training shape's validation NME: the bar a model that learned nothing would reach.
-    val_shapes, _ = training_labels(val_source, config)
+    val_shapes, val_poses = training_labels(val_source, config)
     mean_shape_nme = 100 * float(np.mean(metrics.per_face_nme(
         np.broadcast_to(shapes.mean(axis=0), val_shapes.shape), val_shapes)))
     if config.asm_loss:
@@ -507,26 +543,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         log.info("resumed from step %d", int(state.step))
     state = steps_lib.replicate(state, mesh)
     shape_model = steps_lib.replicate(shape_model, mesh) if shape_model is not None else None
-    train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
-    predict = steps_lib.compile_eval_step(model, mesh)
-    sharding = steps_lib.batch_sharding(mesh)
-
     start_step = int(state.step)
-    train_batches = pipeline.iterate(
-        pipeline.train_dataset(train_source, pcfg, process_index, process_count),
-        start=start_step, num_workers=config.num_workers)
+    local_batch = config.batch_size // jax.device_count()
+    if input_path == "device":
+        spec = resident.ResidentSpec(local_batch=local_batch, steps_per_epoch=steps_per_epoch,
+                                     input_size=config.input_size, augment=pcfg.augment,
+                                     seed=config.seed)
+        train_data = resident.place(train_source.arrays, config.margin, config.input_size, mesh)
+        val_data = resident.place(val_source.arrays, config.margin, config.input_size, mesh)
+        train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)
+        next_input = lambda: train_data  # noqa: E731 - the step cuts its own batch
+    else:
+        train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+        sharding = steps_lib.batch_sharding(mesh)
+        train_batches = pipeline.iterate(
+            pipeline.train_dataset(train_source, pcfg, process_index, process_count),
+            start=start_step, num_workers=config.num_workers)
+        next_input = lambda: pipeline.device_batch(next(train_batches), sharding)  # noqa: E731
+
+    def validate(flip: bool = False) -> Dict:
+        variables = steps_lib.eval_variables(state)
+        if input_path == "device":
+            predict = steps_lib.compile_resident_eval(model, mesh, config.input_size,
+                                                      local_batch, flip=flip)
+            return eval_loop.resident_validation_metrics(
+                predict, variables, val_data, val_shapes, lm.model_pose_to_degrees(val_poses),
+                config.num_landmarks)
+        predict = steps_lib.compile_eval_step(model, mesh, flip=flip)
+        return eval_loop.validation_metrics(predict, variables, val_source, pcfg,
+                                            config.num_landmarks, mesh, process_index,
+                                            process_count)
+
     logger = _Logger(workdir, last_step, start_step, is_main, config.progress_bar)
     logger.write(f"{config.model} on {config.dataset}: {len(train_source)} training faces, "
                  f"{steps_per_epoch} steps per epoch, {total_steps} steps, "
-                 f"{jax.device_count()} device(s) in {process_count} process(es); the mean "
-                 f"shape's validation NME is {mean_shape_nme:.2f}%")
+                 f"{jax.device_count()} device(s) in {process_count} process(es), input on the "
+                 f"{input_path}; the mean shape's validation NME is {mean_shape_nme:.2f}%")
     val_summary: Dict = {}
     step = start_step
     window_start, window_steps = time.perf_counter(), 0
     try:
         while step < last_step:
-            batch = pipeline.device_batch(next(train_batches), sharding)
-            state, step_metrics = train_step(state, batch, shape_model)
+            state, step_metrics = train_step(state, next_input(), shape_model)
             step += 1
             window_steps += 1
             end_of_epoch = step % steps_per_epoch == 0
@@ -562,10 +620,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             if evaluate_now or save_now:
                 val_nme = None
                 if evaluate_now:
-                    variables = steps_lib.eval_variables(state)
-                    val_summary = eval_loop.validation_metrics(
-                        predict, variables, val_source, pcfg, config.num_landmarks, mesh,
-                        process_index, process_count)
+                    val_summary = validate()
                     val_nme = val_summary["nme"]
                     best_nme = min(best_nme, val_nme)
                     logger.scalars(step, {k: v for k, v in val_summary.items()
@@ -583,11 +638,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
 
     flip_summary: Dict = {}
     if config.final_flip_eval and step == last_step:
-        predict_flip = steps_lib.compile_eval_step(model, mesh, flip=True)
-        variables = steps_lib.eval_variables(state)
-        flip_summary = eval_loop.validation_metrics(
-            predict_flip, variables, val_source, pcfg, config.num_landmarks, mesh,
-            process_index, process_count)
+        flip_summary = validate(flip=True)
         if is_main:
             print(f"val NME with flip averaging {flip_summary['nme']:.3f}%, FR "
                   f"{flip_summary['fr']:.1f}%", flush=True)
@@ -600,6 +651,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                "val_nme_flip": flip_summary.get("nme"), "val_fr_flip": flip_summary.get("fr"),
                "val_auc_flip": flip_summary.get("auc"),
                "model": config.model, "dataset": config.dataset, "asm_loss": config.asm_loss,
+               "input": input_path,
                "devices": jax.device_count(), "processes": process_count,
                "wall_s": time.perf_counter() - wall_start}
     if is_main:

@@ -4,6 +4,7 @@ Runs are tiny (32 x 32 synthetic faces, batch 8) so that a compile dominates; th
 persistent XLA cache (conftest) lets later runs reuse it.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -53,6 +54,7 @@ def _max_difference(a, b):
     ("checkpoint_every_epochs", 0, r"config.checkpoint_every_epochs: 0: must be positive"),
     ("keep_checkpoints", 0, r"config.keep_checkpoints: 0: at least the latest"),
     ("num_workers", -3, r"config.num_workers: -3 is negative"),
+    ("input", "gpu", r"config.input: 'gpu' is not one of \('auto', 'device', 'host'\)"),
     ("margin", -0.1, r"config.margin: -0.1 is not in \[0, 1\)"),
     ("dropout_rate", 1.0, r"config.dropout_rate"),
     ("head_l2", -0.01, r"config.head_l2"),
@@ -116,6 +118,7 @@ def uninterrupted(tiny_run):
 def test_a_run_trains_evaluates_and_writes_its_figures(uninterrupted):
     workdir, summary = uninterrupted
     assert summary["step"] == 12
+    assert summary["input"] == "device"  # "auto": 32 tiny faces fit anywhere
     assert math.isfinite(summary["val_nme"]) and summary["val_nme"] > 0
     assert set(summary["val_pose_mae"]) == {"yaw", "pitch", "roll", "mean"}
     with open(os.path.join(workdir, "metrics.json")) as f:
@@ -146,6 +149,20 @@ def test_a_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, t
     assert step_a == step_b == 12
     assert _max_difference(state_a["params"], state_b["params"]) == 0.0
     assert _max_difference(state_a["batch_stats"], state_b["batch_stats"]) == 0.0
+    assert _max_difference(state_a["opt_state"], state_b["opt_state"]) == 0.0
+
+
+def test_the_host_input_path_trains_and_resumes_exactly(tmp_path):
+    """The default run takes the device path on this machine; the host pipeline (grain and
+    OpenCV) is the other path and must resume as exactly."""
+    reference = train.train_and_evaluate(tiny_config(input="host"), str(tmp_path / "whole"))
+    assert reference["input"] == "host" and math.isfinite(reference["val_nme"])
+    workdir = str(tmp_path / "interrupted")
+    assert train.train_and_evaluate(tiny_config(input="host", max_steps=5), workdir)["step"] == 5
+    assert train.train_and_evaluate(tiny_config(input="host"), workdir)["step"] == 12
+    _, state_a = _params(str(tmp_path / "whole"))
+    _, state_b = _params(workdir)
+    assert _max_difference(state_a["params"], state_b["params"]) == 0.0
     assert _max_difference(state_a["opt_state"], state_b["opt_state"]) == 0.0
 
 
@@ -185,15 +202,15 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupt
     shutil.copytree(uninterrupted[0], workdir)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "12"))
     # The run resumes at step 8 with the same compiled programs (a huge learning rate would
-    # compile new ones), its batches carrying NaN targets: step 9's loss is NaN, and the check
-    # on the next logging step (10) stops the run.
-    device_batch = train.pipeline.device_batch
+    # compile new ones), its resident faces carrying NaN landmarks: step 9's loss is NaN, and
+    # the check on the next logging step (10) stops the run.
+    place = train.resident.place
 
-    def poisoned(batch, sharding):
-        batch = dict(batch, landmarks=np.full_like(batch["landmarks"], np.nan))
-        return device_batch(batch, sharding)
+    def poisoned(arrays, *args):
+        arrays = dataclasses.replace(arrays, landmarks=np.full_like(arrays.landmarks, np.nan))
+        return place(arrays, *args)
 
-    monkeypatch.setattr(train.pipeline, "device_batch", poisoned)
+    monkeypatch.setattr(train.resident, "place", poisoned)
     with pytest.raises(train.TrainingDiverged, match="loss became nan .* at step 10"):
         train.train_and_evaluate(tiny_config(), workdir)
     step, state = _params(workdir)
