@@ -2,8 +2,14 @@
 
     asmnet-build-data w300 --manual-dir /path/to/300W --data-dir ~/tensorflow_datasets
     asmnet-build-data synthetic_faces --tfds-config small
+    asmnet-build-data w300 --manual-dir /path/to/300W --npz exports   # + exports/w300/SPLIT.npz
 
-Prints one JSON line: dataset, builder config, data directory and the faces per split.
+``--npz DIR`` also writes every split as a portable ``DIR/NAME/SPLIT.npz`` (the stored crops and
+labels as NumPy arrays, :mod:`asmnet_jax.data.resident`): training reads them with
+``--config.arrays_dir=DIR`` on a machine without TensorFlow.
+
+Prints one JSON line: dataset, builder config, data directory, the faces per split and the
+exported files.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "~/tensorflow_datasets)")
     parser.add_argument("--tfds-config", help="TFDS builder config (synthetic_faces: default, "
                                               "small, wflw98; wflw: default, detection)")
+    parser.add_argument("--npz", metavar="DIR",
+                        help="also write each split as DIR/NAME/SPLIT.npz (for training with "
+                             "--config.arrays_dir=DIR, without TensorFlow)")
     return parser
 
 
@@ -38,8 +47,19 @@ def _build(args: argparse.Namespace) -> int:
 
     builder = tfds_builders.build(args.name, args.manual_dir, args.data_dir, args.tfds_config)
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    exported = {}
+    if args.npz:
+        from asmnet_jax.data import resident
+
+        num_landmarks = builder.info.features["landmarks"].shape[0]
+        for split in splits:
+            path = resident.npz_path(args.npz, args.name, split)
+            arrays = resident.arrays_from_source(builder.as_data_source(split=split),
+                                                 num_landmarks, f"{args.name} split {split}")
+            resident.save_npz(arrays, path)
+            exported[split] = path
     print(json.dumps({"dataset": args.name, "config": builder.builder_config.name,
-                      "data_dir": str(builder.data_dir), "splits": splits}))
+                      "data_dir": str(builder.data_dir), "splits": splits, "npz": exported}))
     return 0
 
 
