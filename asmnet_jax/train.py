@@ -426,8 +426,14 @@ def initial_weights(config, model, state, train_source, pcfg) -> Tuple[Dict, boo
     if config.init_bn_images > 0:
         count = min(config.init_bn_images, len(train_source))
         batch = min(config.batch_size, 64)
-        dataset = pipeline.train_dataset(train_source, dataclasses.replace(pcfg, batch_size=batch))
-        images = [dataset[k]["image"] for k in range(max(1, count // batch))]
+        if isinstance(train_source, resident.ArraySource):  # in memory: no grain or OpenCV
+            images = resident.augmented_images(train_source.arrays, config.margin,
+                                               config.input_size, pcfg.augment, config.seed,
+                                               batch, max(1, count // batch))
+        else:
+            dataset = pipeline.train_dataset(train_source,
+                                             dataclasses.replace(pcfg, batch_size=batch))
+            images = [dataset[k]["image"] for k in range(max(1, count // batch))]
         variables, bn = init_lib.reestimate_batch_norm(model, variables, images)
         log.info("BN re-estimation: %d BatchNorms rewritten from the statistics of %d augmented "
                  "training crops (same function; scales x%.3g median, x%.3g..x%.3g)",

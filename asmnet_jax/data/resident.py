@@ -50,7 +50,7 @@ DATA_AXIS = "data"
 #: The arrays of a resident set, and of a portable ``.npz`` export.
 ARRAY_KEYS = ("image", "landmarks", "pose", "box", "name")
 #: Salts that keep the record order and the augmentation draws independent.
-_ORDER_SALT, _AUGMENT_SALT = 0x0D0E, 0xA06E
+_ORDER_SALT, _AUGMENT_SALT, _SAMPLE_SALT = 0x0D0E, 0xA06E, 0x5A3E
 #: ``input="auto"`` keeps a set on the device when one shard needs at most this fraction of the
 #: device's memory (the rest is the model's, its activations and the compiler's).
 AUTO_MEMORY_FRACTION = 0.25
@@ -235,11 +235,8 @@ def place(arrays: HostArrays, margin: float, input_size: int, mesh) -> Dict[str,
     """
     count = len(arrays)
     order = placed_order(count, mesh.devices.size)
-    matrices = np.stack([crop.crop_transform((float(cx), float(cy),
-                                              crop.grown_side(float(side), margin)), input_size)
-                         for cx, cy, side in arrays.box]).astype(np.float32)
     host = {"image": arrays.image, "landmarks": arrays.landmarks, "pose": arrays.pose,
-            "matrix": matrices}
+            "matrix": base_matrices(arrays, margin, input_size)}
     sharding = NamedSharding(mesh, P(DATA_AXIS))
 
     def put(value):
@@ -305,7 +302,31 @@ def train_batch(data: Dict[str, jax.Array], step, spec: ResidentSpec) -> Dict[st
     return batch
 
 
-_NO_AUGMENT = AugmentConfig(enabled=False)
+def base_matrices(arrays: HostArrays, margin: float, input_size: int) -> np.ndarray:
+    """(N, 2, 3) float32: each stored crop's face box grown by ``margin`` onto the S x S input."""
+    return np.stack([crop.crop_transform((float(cx), float(cy),
+                                          crop.grown_side(float(side), margin)), input_size)
+                     for cx, cy, side in arrays.box]).astype(np.float32)
+
+
+def augmented_images(arrays: HostArrays, margin: float, input_size: int, augment: AugmentConfig,
+                     seed: int, batch_size: int, batches: int) -> List[np.ndarray]:
+    """``batches`` batches of augmented training crops, (b, S, S, 3) float32 in [0, 1], made on
+    the default device from records drawn without replacement (what BN re-estimation looks at
+    before a run from ImageNet weights; no grain or OpenCV needed)."""
+    rng = np.random.default_rng([seed, _SAMPLE_SALT])
+    batch_size = min(int(batch_size), len(arrays))
+    rows = rng.permutation(len(arrays))[:batch_size * max(int(batches), 1)]
+    matrices = base_matrices(arrays, margin, input_size)
+    out = []
+    for k in range(len(rows) // batch_size):
+        part = rows[k * batch_size:(k + 1) * batch_size]
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SAMPLE_SALT), k)
+        params = dev_aug.draw(key, batch_size, augment, input_size)
+        images, _, _ = dev_aug.apply(arrays.image[part], arrays.landmarks[part], arrays.pose[part],
+                                     matrices[part], params, input_size, augment)
+        out.append(np.asarray(images) / np.float32(255.0))
+    return out
 
 
 def eval_images(data: Dict[str, jax.Array], input_size: int, border_value: int = 0):
