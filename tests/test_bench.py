@@ -1,4 +1,5 @@
-"""The benchmark scripts (experiments/bench_train.py, bench_gpu.py) run and report what they say.
+"""The benchmark scripts (experiments/bench_train.py, bench_gpu.py, bench_loop.py) run and report
+what they say.
 
 Each script runs at tiny sizes (batch 2, 64 x 64, one timed step) in a subprocess, as a user would
 run it, and its last output line must be JSON with the documented keys. Timings at these sizes mean
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +196,39 @@ def test_bench_train_gives_both_sides_the_same_malloc_setting(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES")
     assert "GLIBC_TUNABLES" not in bench_train.child_env(2, "on", "default")
     assert bench_train.parse_args([]).malloc == "thp"
+
+
+def test_bench_loop_counts_only_the_windows_after_the_warm_up(tmp_path):
+    bench_loop = _load("bench_loop")
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 5, "kind": "train", "img_per_s": 1.0},     # the compile: not counted
+            {"step": 10, "kind": "train", "img_per_s": 40.0},   # 5 steps x 8 images in 1 s
+            {"step": 10, "kind": "val", "nme": 3.0},
+            {"step": 20, "kind": "train", "img_per_s": 20.0}]   # 10 steps x 8 images in 4 s
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    img_s, steps = bench_loop.loop_speed(str(path), 8, 5)
+    assert steps == 15 and img_s == pytest.approx(15 * 8 / 5.0)
+
+
+def test_bench_loop_stand_in_faces_are_a_valid_export(tmp_path):
+    from asmnet_jax.data import resident
+
+    bench_loop = _load("bench_loop")
+    bench_loop.write_random_faces(str(tmp_path), 16, store_size=40)
+    arrays = resident.load_npz(resident.npz_path(str(tmp_path), "w300", "train"), 68)
+    assert len(arrays) == 16 and arrays.image.shape == (16, 40, 40, 3)
+    assert len(resident.load_npz(resident.npz_path(str(tmp_path), "w300", "validation"), 68)) == 2
+    cx, cy, side = arrays.box[0]
+    assert np.all(np.abs(arrays.landmarks - cx) <= side / 2)
+
+
+@pytest.mark.slow  # two tiny asmnet-train runs and a step timing (~1-2 min)
+def test_bench_loop_end_to_end():
+    result = run_script("bench_loop.py", "--set", "input_size=32", "--set", "batch_size=4",
+                        "--random-faces", "32", "--steps", "4", "--warmup", "2", "--log-every",
+                        "2", "--step-calls", "2")
+    for path in ("host", "device"):
+        row = result["paths"][path]
+        assert row["loop_img_s"] > 0 and row["step_img_s"] > 0
+        assert row["loop_over_step"] == pytest.approx(row["loop_img_s"] / row["step_img_s"])
+    assert result["paths"]["device"]["resident_step_img_s"] > 0

@@ -59,6 +59,27 @@ def test_w300_splits_and_examples(built_300w):
     assert np.max(np.abs(example["pose"] - true_pose)) < 8.0
 
 
+def test_the_build_command_exports_every_split_as_npz(built_300w, tmp_path, capsys):
+    import json
+
+    from asmnet_jax.cli import build_data
+    from asmnet_jax.data import resident
+
+    _, _, data_dir, manual = built_300w
+    exports = tmp_path / "exports"
+    # Already built: the command reuses the build and writes the exports.
+    assert build_data.main(["w300", "--manual-dir", str(manual), "--data-dir", str(data_dir),
+                            "--npz", str(exports)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(line["npz"]) == set(line["splits"])
+    source = tfds_builders.data_source("w300", "common", data_dir=data_dir)
+    arrays = resident.load_npz(line["npz"]["common"], 68)
+    assert len(arrays) == len(source) == 1
+    np.testing.assert_array_equal(arrays.image[0], source[0]["image"])
+    np.testing.assert_array_equal(arrays.landmarks[0], source[0]["landmarks"])
+    assert arrays.name[0] == "helen/testset/444_1"
+
+
 def test_pose_csv_overrides_pnp(built_300w, tmp_path):
     _, faces, _, manual = built_300w
     lines = ["name,yaw,pitch,roll"] + [f"{name},1.5,-2.5,3.5" for name in faces]

@@ -1,0 +1,307 @@
+"""The whole training loop against its step alone, for each input path (``config.input``).
+
+For each path in ``--inputs`` (``host``: grain + OpenCV on the host; ``device``: the set resident
+in device memory, augmented inside the jitted step) this script runs ``asmnet-train`` itself in a
+subprocess for ``--warmup + --steps`` steps and reads the loop's speed from the run's own
+``metrics.jsonl`` (the ``img_per_s`` of every logged window after the first ``--warmup`` steps,
+which hold the compilation; evaluation and checkpoints happen after the last window and are not
+counted). Then one more subprocess times the step alone, as the loop's ceiling:
+
+* ``step_img_s``: the compiled train step (:func:`asmnet_jax.steps.compile_train_step`) called
+  on one batch already on the device (no input work at all), the way the loop calls it:
+  ``--log-every`` calls back to back, then a wait for the last result; images over total time;
+* ``resident_step_img_s``: the resident step (the same plus cutting and augmenting its own batch
+  on the device), the same way.
+
+``loop_over_step`` is ``loop_img_s / step_img_s`` for both paths: what the whole loop keeps of
+the bare step. The host path loses the host's decoding and warping where it cannot hide them
+behind the step; the device path loses the augmentation's cost inside the step.
+
+    python experiments/bench_loop.py --config configs/asmnet_300w_cpu.py \\
+        --set data_dir=~/tensorflow_datasets --set init=scratch --set input_size=224
+    python experiments/bench_loop.py --gpu --config configs/asmnet_300w.py --set init=scratch \\
+        --random-faces 2048                                 # on a GPU machine (no TensorFlow)
+
+``--gpu`` is the GPU variant: bfloat16 compute, batch 256, 224 px, and the device path only (a GPU
+machine without TensorFlow, grain or OpenCV reads a ``.npz`` export through ``arrays_dir``, made
+here by ``asmnet-build-data ... --npz DIR``; ``--random-faces N`` writes a stand-in export of
+random crops of the stored size instead, for machines the data cannot reach).
+Without ``--config`` the built-in default (synthetic faces) is used. The last output line is JSON:
+``{"paths": {PATH: {"loop_img_s", "step_img_s", "loop_over_step", ...}}, ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _grid import load_config_file, parse_overrides, parse_value, _lookup  # noqa: E402
+
+GPU_PRESET = {"dtype": "bfloat16", "batch_size": "256", "input_size": "224"}
+
+
+def _config(config_file, overrides):
+    from asmnet_jax.config_base import default_config
+
+    config = load_config_file(config_file) if config_file else default_config()
+    for key, raw in overrides:
+        parent, leaf = _lookup(config, key)
+        parent[leaf] = parse_value(key, raw, parent[leaf])
+    return config
+
+
+def _run_flags(args, path: str, workdir: str):
+    flags = ["--workdir", workdir]
+    if args.config:
+        flags += ["--config", os.path.abspath(args.config)]
+    loop = {"input": path, "max_steps": str(args.warmup + args.steps),
+            "log_every_steps": str(args.log_every), "eval_every_epochs": "100000",
+            "checkpoint_every_epochs": "100000", "progress_bar": "False", "num_epochs": "100000",
+            "final_flip_eval": "False"}
+    for key, raw in list(args.overrides) + list(loop.items()):
+        flags.append(f"--config.{key}={raw}")
+    return flags
+
+
+def loop_speed(metrics_path: str, batch_size: int, warmup: int):
+    """(img/s, steps counted) of the logged windows that start at or after step ``warmup``."""
+    steps = seconds = 0.0
+    previous = 0
+    with open(metrics_path) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("kind") != "train":
+                continue
+            step, window = int(record["step"]), int(record["step"]) - previous
+            if previous >= warmup and window > 0:
+                steps += window
+                seconds += window * batch_size / float(record["img_per_s"])
+            previous = step
+    if steps == 0:
+        raise SystemExit(f"{metrics_path}: no logged window after step {warmup}; raise --steps")
+    return steps * batch_size / seconds, int(steps)
+
+
+def run_loop(args, path: str, root: str):
+    workdir = os.path.join(root, path)
+    command = [sys.executable, "-m", "asmnet_jax.cli.train", *_run_flags(args, path, workdir)]
+    print("$", " ".join(command), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        print(done.stdout[-4000:])
+        raise SystemExit(f"asmnet-train with input={path} failed (exit {done.returncode})")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    if summary.get("input") != path:
+        raise SystemExit(f"asmnet-train ran input={summary.get('input')}, asked for {path}")
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    img_s, counted = loop_speed(os.path.join(workdir, "metrics.jsonl"), config["batch_size"],
+                                args.warmup)
+    return {"loop_img_s": img_s, "loop_steps_timed": counted, "run_wall_s": wall}
+
+
+def _throughput(call, calls: int, window: int, warmup: int) -> float:
+    """Calls per second of ``call`` made as the training loop makes them: ``window`` calls
+    dispatched back to back, then a wait for the last one's result (the loop's logging step);
+    ``calls`` timed calls in all, after ``warmup`` untimed ones."""
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(call())
+    done, seconds = 0, 0.0
+    while done < calls:
+        count = min(window, calls - done)
+        start = time.perf_counter()
+        for _ in range(count):
+            out = call()
+        jax.block_until_ready(out)
+        seconds += time.perf_counter() - start
+        done += count
+    return calls / seconds
+
+
+def step_child(args) -> dict:
+    """The step alone, in this (child) process: the plain step on one device batch, and, when the
+    device path is benchmarked, the resident step."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from asmnet_jax import steps as steps_lib
+    from asmnet_jax import train
+    from asmnet_jax.asm import ShapeModel
+    from asmnet_jax.data import pipeline, resident
+
+    config = _config(args.config, args.overrides)
+    config.input = "device" if "device" in args.inputs else "host"
+    train.check_config(config)
+    train_source, _ = train.load_sources(config)
+    if config.input == "device":
+        train_source = resident.ArraySource(train.host_arrays(train_source, config, "train"))
+    spe = len(train_source) // config.batch_size
+    mesh = steps_lib.make_mesh()
+    model = train.build_model(config, bn_axis_name=steps_lib.DATA_AXIS)
+    _, optimizer = train.schedule_and_optimizer(config.optimizer, spe, spe * config.num_epochs)
+    settings = steps_lib.LossSettings(total_epochs=config.num_epochs, steps_per_epoch=spe,
+                                      head_l2_weight=config.head_l2,
+                                      landmark_loss=config.landmark_loss,
+                                      ema_decay=config.ema_decay)
+    shapes, _ = train.training_labels(train_source, config)
+    shape_model = (steps_lib.replicate(ShapeModel.fit(shapes, config.asm_variance), mesh)
+                   if config.asm_loss else None)
+    state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), config.input_size)
+    if config.ema_decay > 0:
+        state = steps_lib.with_ema(state)
+    state = steps_lib.replicate(state, mesh)
+    pcfg = train.pipeline_config(config)
+    spec = resident.ResidentSpec(local_batch=config.batch_size // jax.device_count(),
+                                 steps_per_epoch=spe, input_size=config.input_size,
+                                 augment=pcfg.augment, seed=config.seed)
+    if config.input == "device":
+        # One batch as the resident step makes it (a machine with the device path alone may
+        # have neither grain nor OpenCV): float images, as that step feeds the model.
+        data = resident.place(train_source.arrays, config.margin, config.input_size, mesh)
+        cut = jax.jit(jax.shard_map(lambda d: resident.train_batch(d, 0, spec), mesh=mesh,
+                                    in_specs=P(steps_lib.DATA_AXIS),
+                                    out_specs=P(steps_lib.DATA_AXIS)))
+        batch = cut(data)
+    else:
+        host_batch = pipeline.train_dataset(train_source, pcfg)[0]
+        batch = pipeline.device_batch(host_batch, steps_lib.batch_sharding(mesh))
+    holder = {"state": state}
+
+    def timed(step, data):
+        def call():
+            holder["state"], metrics = step(holder["state"], data, shape_model)
+            return metrics
+        return config.batch_size * _throughput(call, args.step_calls, args.log_every, 2)
+
+    out = {"step_img_s": timed(steps_lib.compile_train_step(model, optimizer, settings, mesh),
+                               batch)}
+    if config.input == "device":
+        step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)
+        out["resident_step_img_s"] = timed(step, data)
+    out["batch_size"] = config.batch_size
+    out["input_size"] = config.input_size
+    out["dtype"] = config.dtype
+    out["devices"] = [str(d) for d in jax.devices()]
+    return out
+
+
+def write_random_faces(directory: str, count: int, store_size: int = 288,
+                       num_landmarks: int = 68, seed: int = 0) -> None:
+    """A stand-in set for speed measurements where no data can be brought (a GPU machine):
+    ``count`` training and ``count // 8`` validation crops of random bytes at the stored size,
+    with landmarks inside the central face box, as ``DIR/w300/{train,validation}.npz``. The
+    step's and the augmentation's cost do not depend on what the pixels show."""
+    import numpy as np
+
+    from asmnet_jax.data import resident
+
+    rng = np.random.default_rng(seed)
+    side = store_size / 1.6   # the stored crops hold the face box plus 30 % on each side
+    centre = (store_size - 1) / 2.0
+    for split, n in (("train", count), ("validation", max(count // 8, 1))):
+        arrays = resident.HostArrays(
+            image=rng.integers(0, 256, (n, store_size, store_size, 3), dtype=np.uint8),
+            landmarks=(centre + rng.uniform(-side / 2, side / 2, (n, num_landmarks, 2))
+                       ).astype(np.float32),
+            pose=rng.uniform(-30, 30, (n, 3)).astype(np.float32),
+            box=np.tile(np.float32([centre, centre, side]), (n, 1)),
+            name=np.asarray([f"random/{split}/{i}" for i in range(n)]))
+        resident.save_npz(arrays, resident.npz_path(directory, "w300", split))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="training config file (default: the built-in default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as --config.KEY=VALUE of asmnet-train")
+    parser.add_argument("--inputs", nargs="+", default=["host", "device"],
+                        choices=("host", "device"))
+    parser.add_argument("--steps", type=int, default=40, help="timed loop steps per path")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="loop steps not timed (compilation, first batches)")
+    parser.add_argument("--log-every", type=int, default=5, help="the loop's logging window")
+    parser.add_argument("--step-calls", type=int, default=40, help="timed calls of the step alone")
+    parser.add_argument("--gpu", action="store_true",
+                        help="GPU preset: bfloat16, batch 256, 224 px, device path only")
+    parser.add_argument("--workdir", help="where the runs go (default: a temporary folder, "
+                                          "removed afterwards)")
+    parser.add_argument("--random-faces", type=int, metavar="N",
+                        help="train on N random-byte crops written as a .npz export (dataset "
+                             "w300, no data needed: for machines without the data)")
+    parser.add_argument("--child-step", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.warmup % args.log_every or args.steps % args.log_every:
+        parser.error("--warmup and --steps must be multiples of --log-every")
+    overrides = parse_overrides(args.set)
+    if args.gpu:
+        given = {key for key, _ in overrides}
+        overrides = [(k, v) for k, v in GPU_PRESET.items() if k not in given] + overrides
+        if "host" in args.inputs and args.inputs != ["device"]:
+            args.inputs = ["device"]
+    args.overrides = overrides
+    if args.child_step:
+        from asmnet_jax import hugepages
+
+        hugepages.reexec_with_thp()  # as asmnet-train does (the loop runs with it)
+        print("RESULT " + json.dumps(step_child(args)), flush=True)
+        return 0
+
+    root = args.workdir or tempfile.mkdtemp(prefix="bench_loop_")
+    if args.random_faces:
+        exports = os.path.join(root, "random_faces")
+        write_random_faces(exports, args.random_faces)
+        args.overrides = overrides = overrides + [("dataset", "w300"), ("num_landmarks", "68"),
+                                                  ("arrays_dir", exports),
+                                                  ("train_split", "train"),
+                                                  ("val_split", "validation")]
+    try:
+        paths = {path: run_loop(args, path, root) for path in args.inputs}
+        command = [sys.executable, os.path.abspath(__file__), "--child-step",
+                   "--step-calls", str(args.step_calls), "--log-every", str(args.log_every),
+                   "--inputs", *args.inputs]
+        if args.config:
+            command += ["--config", os.path.abspath(args.config)]
+        for key, raw in overrides:
+            command += ["--set", f"{key}={raw}"]
+        print("$", " ".join(command), flush=True)
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            print(done.stdout[-4000:])
+            raise SystemExit("timing the step alone failed")
+        step = json.loads(lines[-1][len("RESULT "):])
+    finally:
+        if not args.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    for path, result in paths.items():
+        result["step_img_s"] = step["step_img_s"]
+        result["loop_over_step"] = result["loop_img_s"] / step["step_img_s"]
+        if path == "device":
+            result["resident_step_img_s"] = step["resident_step_img_s"]
+        print(f"{path:>6}: loop {result['loop_img_s']:8.1f} img/s, step alone "
+              f"{step['step_img_s']:8.1f} img/s, loop/step {result['loop_over_step']:.3f}")
+    print(json.dumps({
+        "paths": paths, "config": args.config or "default", "set": dict(overrides),
+        "batch_size": step["batch_size"], "input_size": step["input_size"],
+        "dtype": step["dtype"], "devices": step["devices"], "steps": args.steps,
+        "warmup": args.warmup, "machine": platform.platform(), "cpus": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
