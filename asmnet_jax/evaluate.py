@@ -133,12 +133,22 @@ def headline_split(results: Mapping[str, Mapping], requested: Sequence[str]) -> 
 # Data
 
 
-def available_splits(dataset: str, data_dir=None, tfds_config=None) -> List[str]:
-    """The splits ``dataset`` offers (for TFDS: the built ones)."""
+def available_splits(dataset: str, data_dir=None, tfds_config=None,
+                     arrays_dir=None) -> List[str]:
+    """The splits ``dataset`` offers (for TFDS: the built ones; with ``arrays_dir``: the
+    ``.npz`` exports in ``arrays_dir/dataset``)."""
     if dataset == "synthetic":
         return list(SYNTHETIC_SPLITS)
     if dataset not in DATASETS:
         raise EvalError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+    if arrays_dir:
+        folder = os.path.join(arrays_dir, dataset)
+        names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".npz")) \
+            if os.path.isdir(folder) else []
+        if not names:
+            raise EvalError(f"{folder}: no .npz export of {dataset!r} here (write them with "
+                            f"asmnet-build-data {dataset} ... --npz {arrays_dir})")
+        return names
     from asmnet_jax.data import tfds_builders
 
     return list(tfds_builders.built_builder(dataset, data_dir, tfds_config).info.splits)
@@ -182,9 +192,11 @@ def resolve_splits(requested: Optional[Sequence[str]], dataset: str,
     return reported, predicted
 
 
-def open_source(dataset: str, split: str, *, config: Mapping, data_dir=None, tfds_config=None):
+def open_source(dataset: str, split: str, *, config: Mapping, data_dir=None, tfds_config=None,
+                arrays_dir=None):
     """A random-access source of ``split``. ``config``: the run's config (``synthetic``,
-    ``num_landmarks``, ``input_size`` for the synthetic faces)."""
+    ``num_landmarks``, ``input_size`` for the synthetic faces). ``arrays_dir``: read the
+    split's ``.npz`` export there instead of TFDS."""
     if dataset == "synthetic":
         synthetic = dict(config.get("synthetic") or {})
         if split not in SYNTHETIC_SPLITS:
@@ -194,6 +206,11 @@ def open_source(dataset: str, split: str, *, config: Mapping, data_dir=None, tfd
         count = synthetic.get(split, synthetic.get("validation"))
         return pipeline.synthetic_split(split, int(count), int(synthetic.get("seed", 0)),
                                         int(config["num_landmarks"]), int(config["input_size"]))
+    if arrays_dir:
+        from asmnet_jax.data import resident
+
+        return resident.ArraySource(resident.load_npz(
+            resident.npz_path(arrays_dir, dataset, split), int(config["num_landmarks"])))
     from asmnet_jax.data import tfds_builders
 
     return tfds_builders.data_source(dataset, split, data_dir, tfds_config)
@@ -251,7 +268,7 @@ def default_out_dir(loaded) -> str:
 
 def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
                         splits: Optional[Sequence[str]] = None, data_dir=None,
-                        tfds_config: Optional[str] = None, normaliser: str = "inter_ocular",
+                        tfds_config: Optional[str] = None, arrays_dir: Optional[str] = None, normaliser: str = "inter_ocular",
                         threshold: float = metrics.DEFAULT_THRESHOLD,
                         batch_size: int = DEFAULT_BATCH_SIZE, out: Optional[str] = None,
                         which: str = "best", step: Optional[int] = None,
@@ -291,14 +308,15 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
     if dataset not in DATASETS:
         raise EvalError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
     data_dir = data_dir or config.get("data_dir") or None
-    available = available_splits(dataset, data_dir, tfds_config)
+    arrays_dir = arrays_dir or config.get("arrays_dir") or None
+    available = available_splits(dataset, data_dir, tfds_config, arrays_dir)
     reported, predicted = resolve_splits(splits, dataset, available)
     normalisers = _normalisers(normaliser, loaded.num_landmarks)
 
     sources = {}
     for split in predicted:
         sources[split] = open_source(dataset, split, config=config, data_dir=data_dir,
-                                     tfds_config=tfds_config)
+                                     tfds_config=tfds_config, arrays_dir=arrays_dir)
         if len(sources[split]) == 0:
             raise EvalError(f"dataset {dataset!r} split {split!r} holds no faces")
         check_markup(sources[split], loaded.num_landmarks, dataset, split)

@@ -14,7 +14,9 @@ counted). Then one more subprocess times the step alone, as the loop's ceiling:
   on the device), the same way.
 
 ``loop_over_step`` is ``loop_img_s / step_img_s`` for both paths: what the whole loop keeps of
-the bare step. The host path loses the host's decoding and warping where it cannot hide them
+the bare step. With ``--repeats R`` every path runs R times, the paths alternating, and the step
+alone is timed in R alternating rounds; the figures are means over them (single runs on a shared
+CPU move by 10-15 %). The host path loses the host's decoding and warping where it cannot hide them
 behind the step; the device path loses the augmentation's cost inside the step.
 
     python experiments/bench_loop.py --config configs/asmnet_300w_cpu.py \\
@@ -92,8 +94,8 @@ def loop_speed(metrics_path: str, batch_size: int, warmup: int):
     return steps * batch_size / seconds, int(steps)
 
 
-def run_loop(args, path: str, root: str):
-    workdir = os.path.join(root, path)
+def run_loop(args, path: str, root: str, repeat: int = 0):
+    workdir = os.path.join(root, f"{path}_{repeat}")
     command = [sys.executable, "-m", "asmnet_jax.cli.train", *_run_flags(args, path, workdir)]
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
@@ -180,17 +182,24 @@ def step_child(args) -> dict:
         batch = pipeline.device_batch(host_batch, steps_lib.batch_sharding(mesh))
     holder = {"state": state}
 
-    def timed(step, data):
+    def timed(step, data, calls):
         def call():
             holder["state"], metrics = step(holder["state"], data, shape_model)
             return metrics
-        return config.batch_size * _throughput(call, args.step_calls, args.log_every, 2)
+        return config.batch_size * _throughput(call, calls, args.log_every, 2)
 
-    out = {"step_img_s": timed(steps_lib.compile_train_step(model, optimizer, settings, mesh),
-                               batch)}
-    if config.input == "device":
-        step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)
-        out["resident_step_img_s"] = timed(step, data)
+    # The two steps alternate in --repeats rounds (the machine's drift hits both alike); each
+    # figure is images over the total time of its rounds.
+    plain = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+    rounds = max(args.repeats, 1)
+    calls = max(args.step_calls // rounds, 1)
+    timings = {"step_img_s": [], "resident_step_img_s": []}
+    for _ in range(rounds):
+        timings["step_img_s"].append(timed(plain, batch, calls))
+        if config.input == "device":
+            step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)
+            timings["resident_step_img_s"].append(timed(step, data, calls))
+    out = {key: len(v) / sum(1.0 / x for x in v) for key, v in timings.items() if v}
     out["batch_size"] = config.batch_size
     out["input_size"] = config.input_size
     out["dtype"] = config.dtype
@@ -234,6 +243,8 @@ def main(argv=None) -> int:
                         help="loop steps not timed (compilation, first batches)")
     parser.add_argument("--log-every", type=int, default=5, help="the loop's logging window")
     parser.add_argument("--step-calls", type=int, default=40, help="timed calls of the step alone")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="asmnet-train runs per path, alternating between the paths")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU preset: bfloat16, batch 256, 224 px, device path only")
     parser.add_argument("--workdir", help="where the runs go (default: a temporary folder, "
@@ -268,9 +279,21 @@ def main(argv=None) -> int:
                                                   ("train_split", "train"),
                                                   ("val_split", "validation")]
     try:
-        paths = {path: run_loop(args, path, root) for path in args.inputs}
+        # The paths alternate (host, device, host, device, ...) so that a drift of the machine's
+        # speed hits them alike; each path's figure is the mean of its repeats.
+        runs = {path: [] for path in args.inputs}
+        for repeat in range(args.repeats):
+            for path in args.inputs:
+                runs[path].append(run_loop(args, path, root, repeat))
+        paths = {}
+        for path, results in runs.items():
+            speeds = [r["loop_img_s"] for r in results]
+            paths[path] = {"loop_img_s": sum(speeds) / len(speeds), "loop_img_s_runs": speeds,
+                           "loop_steps_timed": sum(r["loop_steps_timed"] for r in results),
+                           "run_wall_s": [r["run_wall_s"] for r in results]}
         command = [sys.executable, os.path.abspath(__file__), "--child-step",
                    "--step-calls", str(args.step_calls), "--log-every", str(args.log_every),
+                   "--repeats", str(args.repeats),
                    "--inputs", *args.inputs]
         if args.config:
             command += ["--config", os.path.abspath(args.config)]

@@ -2,7 +2,10 @@
 end with the parameters of a one-process run on the same global batches.
 
 Both runs compute in float64 (64-bit JAX) without dropout and use SGD, so the only differences are
-summation orders; each process reads its own half of every global batch from the pipeline.
+summation orders; each process reads its own half of every global batch from the host pipeline.
+The two processes then train again on the device path, where each device cuts its batches from
+its own shard of the set (so the batches depend on the device count and there is no one-process
+run to equal): they must run in lock-step and agree on the result.
 """
 
 import os
@@ -20,6 +23,7 @@ WORKER = textwrap.dedent("""
     import sys
     import jax
     port, index, count, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    inputs = sys.argv[5].split(",")
     if count > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{port}", num_processes=count, process_id=index)
@@ -42,8 +46,12 @@ WORKER = textwrap.dedent("""
     c.optimizer.schedule = "constant"
     c.optimizer.learning_rate = 0.002
     c.progress_bar = False
-    summary = train.train_and_evaluate(c, workdir)
-    assert summary["processes"] == count and summary["step"] == 3, summary
+    for path in inputs:
+        c.input = path
+        summary = train.train_and_evaluate(c, f"{workdir}_{path}")
+        assert summary["processes"] == count and summary["step"] == 3, summary
+        assert summary["input"] == path, summary
+        print("SUMMARY", path, summary["val_nme"], flush=True)
 """)
 
 
@@ -71,17 +79,19 @@ def test_two_processes_match_one(tmp_path):
     script.write_text(WORKER)
     port = _free_port()
     two = str(tmp_path / "two")
-    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), "2", two],
+    workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), "2", two,
+                                 "host,device"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
                for i in range(2)]
-    one = subprocess.run([sys.executable, str(script), "0", "0", "1", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, str(script), "0", "0", "1", str(tmp_path / "one"),
+                          "host"],
                          capture_output=True, text=True, env=env, timeout=900)
     outputs = [w.communicate(timeout=900) for w in workers]
     for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     assert one.returncode == 0, one.stderr[-3000:]
-    step_one, state_one = _params(str(tmp_path / "one"))
-    step_two, state_two = _params(two)
+    step_one, state_one = _params(str(tmp_path / "one_host"))
+    step_two, state_two = _params(two + "_host")
     assert step_one == step_two == 3
     import jax
 
@@ -90,3 +100,10 @@ def test_two_processes_match_one(tmp_path):
         (state_one["params"], state_one["batch_stats"]),
         (state_two["params"], state_two["batch_stats"]))
     assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-5
+    # The device path: both processes trained 3 steps and report the same validation NME (each
+    # evaluates every face, gathered from both devices).
+    device = [[line for line in out.splitlines() if line.startswith("SUMMARY device")]
+              for out, _ in outputs]
+    assert all(len(lines) == 1 for lines in device), outputs
+    assert device[0] == device[1]
+    assert _params(two + "_device")[0] == 3

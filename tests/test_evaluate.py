@@ -157,6 +157,26 @@ def test_several_splits_the_box_normaliser_and_options(run, tmp_path):
     assert grid.shape[:2] == (2 * 130 + 2, 2 * 130 + 2)
 
 
+def test_an_npz_export_of_the_same_faces_gives_the_same_numbers(run, evaluated, tmp_path):
+    from asmnet_jax.data import resident
+
+    workdir, _ = run
+    faces = pipeline.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
+    resident.save_npz(resident.arrays_from_source(faces, 68),
+                      resident.npz_path(str(tmp_path / "exports"), "w300", "validation"))
+    code, stdout, stderr = _main(["--model", workdir, "--which", "latest", "--batch-size", "8",
+                                  "--dataset", "w300", "--arrays-dir", str(tmp_path / "exports"),
+                                  "--split", "validation", "--grid", "0",
+                                  "--out", str(tmp_path / "eval")])
+    assert code == 0, stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    expected = json.loads(evaluated[1].strip().splitlines()[-1])
+    assert result["splits"]["validation"]["nme"] == pytest.approx(
+        expected["splits"]["validation"]["nme"], rel=1e-6)
+    assert "no .npz export of 'wflw'" in _error(
+        ["--model", workdir, "--dataset", "wflw", "--arrays-dir", str(tmp_path / "exports")])
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "else TFDS's)")
     parser.add_argument("--tfds-config", help="TFDS builder config (synthetic_faces: default, "
                                               "small, wflw98; wflw: default, detection)")
+    parser.add_argument("--arrays-dir", help="read the splits from the .npz exports of "
+                                             "asmnet-build-data --npz (DIR/DATASET/SPLIT.npz) "
+                                             "instead of TFDS (default: the run's arrays_dir)")
     parser.add_argument("--split", nargs="+", metavar="SPLIT",
                         help="splits, space- or comma-separated (default: 300W common "
                              "challenging (+ full), WFLW test and its attribute subsets, "
@@ -64,7 +67,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     output = evaluate_checkpoint(
         load_model(args), dataset=args.dataset, splits=args.split, data_dir=args.data_dir,
-        tfds_config=args.tfds_config, normaliser=args.normaliser, threshold=args.threshold,
+        tfds_config=args.tfds_config, arrays_dir=args.arrays_dir, normaliser=args.normaliser, threshold=args.threshold,
         batch_size=args.batch_size, out=args.out, grid_faces=args.grid, flip=args.flip)
     print(output.pop("report"))
     print(json.dumps(output))
