@@ -37,10 +37,10 @@ def get_config():
     c.dataset = "w300"
     c.input_size = 128
     # The host pipeline: the shipped model (4.47 %), the ablation and the ASM sweep were trained
-    # with it, and this file reproduces them. On this CPU at 128 px it keeps 95 % of the step's
-    # speed against 79-93 % for the device path (experiments/bench_loop.py, RESULTS.md). The device
-    # path (--config.input=device, other augmentation draws from the same seed) trained this
-    # recipe to 4.51 % (4.44 % with flip averaging) in 17 minutes on 2026-12-04.
+    # with it, and this file reproduces them. The device path (--config.input=device: other
+    # augmentation draws from the same seed) trained this recipe to 4.51 % (4.44 % with flip
+    # averaging) in 17 minutes on 2026-12-04; on this CPU at 128 px the two paths ran the loop at
+    # about the same speed (experiments/RESULTS.md, bench_loop.py).
     c.input = "host"
     c.num_workers = 0
     # Optimisation.
