@@ -112,3 +112,15 @@ def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tiny_run"))
     summary = train.train_and_evaluate(tiny_config(), workdir)
     return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def tiny_host_run(tmp_path_factory):
+    """(workdir, summary) of :func:`tiny_config` through the host pipeline (``input="host"``):
+    the reference of the host path's tests, and the session's compiled plain train step (the
+    tiny run's step cuts its own batches on the device)."""
+    from asmnet_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("tiny_host_run"))
+    summary = train.train_and_evaluate(tiny_config(input="host"), workdir)
+    return workdir, summary

@@ -22,16 +22,16 @@ def test_ema_update_follows_closely_at_first_then_at_the_set_decay():
     np.testing.assert_allclose(steps.ema_update(ema, x, 3, 0.2)["w"], 0.8, rtol=1e-6)
 
 
-def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tiny_run):
-    # The session's tiny run's model, optimizer, loss settings and shape model: the averaging step
-    # is that run's compiled program; only the plain one compiles here.
+def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tiny_host_run):
+    # The session's tiny host-path run's model, optimizer, loss settings and shape model: the
+    # averaging step is that run's compiled program; only the plain one compiles here.
     from asmnet_jax.asm import ShapeModel
 
     config = tiny_config()
     rng = np.random.default_rng(0)
     B, S = config.batch_size, config.input_size
     batch, _ = random_batch_and_shape_model(rng, B, S)
-    shape_model = ShapeModel.load(f"{tiny_run[0]}/asm.npz")
+    shape_model = ShapeModel.load(f"{tiny_host_run[0]}/asm.npz")
     model = train.build_model(config, bn_axis_name=steps.DATA_AXIS)
     _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
     decay = config.ema_decay

@@ -152,15 +152,15 @@ def test_a_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, t
     assert _max_difference(state_a["opt_state"], state_b["opt_state"]) == 0.0
 
 
-def test_the_host_input_path_trains_and_resumes_exactly(tmp_path):
+def test_the_host_input_path_trains_and_resumes_exactly(tiny_host_run, tmp_path):
     """The default run takes the device path on this machine; the host pipeline (grain and
     OpenCV) is the other path and must resume as exactly."""
-    reference = train.train_and_evaluate(tiny_config(input="host"), str(tmp_path / "whole"))
+    reference_dir, reference = tiny_host_run
     assert reference["input"] == "host" and math.isfinite(reference["val_nme"])
     workdir = str(tmp_path / "interrupted")
     assert train.train_and_evaluate(tiny_config(input="host", max_steps=5), workdir)["step"] == 5
     assert train.train_and_evaluate(tiny_config(input="host"), workdir)["step"] == 12
-    _, state_a = _params(str(tmp_path / "whole"))
+    _, state_a = _params(reference_dir)
     _, state_b = _params(workdir)
     assert _max_difference(state_a["params"], state_b["params"]) == 0.0
     assert _max_difference(state_a["opt_state"], state_b["opt_state"]) == 0.0
