@@ -147,9 +147,14 @@ def validation_metrics(predict, variables, source, pcfg: pipeline.PipelineConfig
     """Training's validation: :func:`predict_faces` over ``source``, summarised by
     :func:`asmnet_jax.metrics.summarize` (inter-ocular NME in %, pose MAE in degrees)."""
     faces = predict_faces(predict, variables, source, pcfg, mesh, process_index, process_count)
-    nme = metrics.per_face_nme(faces.landmarks, faces.gt_landmarks, "inter_ocular",
-                               num_landmarks)
-    return metrics.summarize(nme, pose_pred=faces.pose_deg, pose_gt=faces.gt_pose_deg)
+    return _summary(faces.landmarks, faces.gt_landmarks, faces.pose_deg, faces.gt_pose_deg,
+                    num_landmarks)
+
+
+def _summary(landmarks, gt_landmarks, pose_deg, gt_pose_deg, num_landmarks: int) -> Dict:
+    """Validation's figures: inter-ocular NME (%), FR, AUC and pose MAE (degrees)."""
+    nme = metrics.per_face_nme(landmarks, gt_landmarks, "inter_ocular", num_landmarks)
+    return metrics.summarize(nme, pose_pred=pose_deg, pose_gt=gt_pose_deg)
 
 
 def resident_validation_metrics(predict, variables, data, gt_landmarks: np.ndarray,
@@ -168,7 +173,6 @@ def resident_validation_metrics(predict, variables, data, gt_landmarks: np.ndarr
     else:
         out = jax.device_get(out)
     count = len(gt_landmarks)
-    landmarks = np.asarray(out["landmarks"])[:count]
-    pose = lm.model_pose_to_degrees(np.asarray(out["pose"])[:count])
-    nme = metrics.per_face_nme(landmarks, gt_landmarks, "inter_ocular", num_landmarks)
-    return metrics.summarize(nme, pose_pred=pose, pose_gt=gt_pose_deg)
+    return _summary(np.asarray(out["landmarks"])[:count],
+                    gt_landmarks, lm.model_pose_to_degrees(np.asarray(out["pose"])[:count]),
+                    gt_pose_deg, num_landmarks)

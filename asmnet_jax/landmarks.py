@@ -56,10 +56,18 @@ def check_num_landmarks(num_landmarks: int) -> int:
     return num_landmarks
 
 
+def _float32(values):
+    """float32 values: a NumPy array, or a JAX array (also traced, inside a jitted step) as is."""
+    if hasattr(values, "aval"):  # jax.Array or tracer, without importing JAX here
+        return values.astype(np.float32)
+    return np.asarray(values, dtype=np.float32)
+
+
 def pixels_to_model(points_px, size):
-    """Pixel coordinates (..., n, 2) in a crop of ``size`` (int or (W, H)) -> model vector (..., 2n)."""
+    """Pixel coordinates (..., n, 2) in a crop of ``size`` (int or (W, H)) -> model vector (..., 2n).
+    NumPy in, NumPy out; JAX arrays (also inside ``jit``) stay JAX arrays."""
     w, h = (size, size) if np.isscalar(size) else size
-    pts = np.asarray(points_px, dtype=np.float32)
+    pts = _float32(points_px)
     scale = np.array([w, h], dtype=np.float32)
     normalised = (pts + 0.5) / scale - 0.5
     return normalised.reshape(*pts.shape[:-2], -1)
@@ -74,8 +82,10 @@ def model_to_pixels(vector, size):
 
 
 def degrees_to_model_pose(pose_deg):
-    """(yaw, pitch, roll) in degrees (..., 3) -> model pose units (radians)."""
-    return np.deg2rad(np.asarray(pose_deg, dtype=np.float32))
+    """(yaw, pitch, roll) in degrees (..., 3) -> model pose units (radians); JAX arrays stay
+    JAX arrays."""
+    pose = _float32(pose_deg)
+    return np.deg2rad(pose) if isinstance(pose, np.ndarray) else pose * np.float32(np.pi / 180)
 
 
 def model_pose_to_degrees(pose):

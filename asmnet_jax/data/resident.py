@@ -40,13 +40,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from asmnet_jax import landmarks as lm
-from asmnet_jax.data import crop
+from asmnet_jax.data import pipeline
 from asmnet_jax.data import device_augment as dev_aug
 from asmnet_jax.data.augment import AugmentConfig
 from asmnet_jax.data.errors import DataError
 from asmnet_jax.files import atomic_open
+from asmnet_jax.steps import DATA_AXIS
 
-DATA_AXIS = "data"
 #: The arrays of a resident set, and of a portable ``.npz`` export.
 ARRAY_KEYS = ("image", "landmarks", "pose", "box", "name")
 #: Salts that keep the record order and the augmentation draws independent.
@@ -279,10 +279,9 @@ def batch_records(step, spec: ResidentSpec, shard_size: int, device) -> jax.Arra
 def _to_model_units(images, points, pose_deg, input_size: int) -> Dict[str, jax.Array]:
     """Warped images in [0, 255], pixel landmarks (B, n, 2) and degrees -> the batch the steps
     read (images in [0, 1] float32, :mod:`asmnet_jax.landmarks` units)."""
-    scale = jnp.float32(input_size)
-    vector = ((points + 0.5) / scale - 0.5).reshape(points.shape[0], -1)
-    return {"image": images * jnp.float32(1.0 / 255.0), "landmarks": vector,
-            "pose": jnp.deg2rad(pose_deg.astype(jnp.float32))}
+    return {"image": images * jnp.float32(1.0 / 255.0),
+            "landmarks": lm.pixels_to_model(points, input_size),
+            "pose": lm.degrees_to_model_pose(pose_deg)}
 
 
 def train_batch(data: Dict[str, jax.Array], step, spec: ResidentSpec) -> Dict[str, jax.Array]:
@@ -304,9 +303,8 @@ def train_batch(data: Dict[str, jax.Array], step, spec: ResidentSpec) -> Dict[st
 
 def base_matrices(arrays: HostArrays, margin: float, input_size: int) -> np.ndarray:
     """(N, 2, 3) float32: each stored crop's face box grown by ``margin`` onto the S x S input."""
-    return np.stack([crop.crop_transform((float(cx), float(cy),
-                                          crop.grown_side(float(side), margin)), input_size)
-                     for cx, cy, side in arrays.box]).astype(np.float32)
+    return np.stack([pipeline.base_matrix(box, margin, input_size)
+                     for box in arrays.box]).astype(np.float32)
 
 
 def augmented_images(arrays: HostArrays, margin: float, input_size: int, augment: AugmentConfig,
