@@ -151,22 +151,27 @@ class BatchNorm(nn.Module):
     def __call__(self, x):
         features = x.shape[-1]
         axes = tuple(range(x.ndim - 1))
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+        # Statistics in float32, or float64 for a float64 model; updates keep the stored dtype,
+        # so a train step returns the state with the dtypes it was given (no second compile).
+        stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype),
                                 (features,))
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32),
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype),
                                (features,))
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
         else:
-            stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
             xs = x.astype(stats_dtype)
             mean, mean2 = xs.mean(axes), lax.square(xs).mean(axes)
             if self.axis_name is not None and not self.is_initializing():
                 mean, mean2 = lax.pmean(jnp.stack([mean, mean2]), self.axis_name)
             var = jnp.maximum(0.0, mean2 - lax.square(mean))
             if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+                stored = ra_mean.value.dtype
+                ra_mean.value = (self.momentum * ra_mean.value
+                                 + (1 - self.momentum) * mean).astype(stored)
+                ra_var.value = (self.momentum * ra_var.value
+                                + (1 - self.momentum) * var).astype(stored)
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         a = scale * lax.rsqrt(var + self.epsilon)
