@@ -30,6 +30,7 @@ exactly the batches that would have come.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
@@ -180,10 +181,19 @@ def _ensure_absl_flags() -> None:
 
 def iterate(dataset: grain.MapDataset, start: int = 0, num_workers: int = 0,
             prefetch_buffer: int = 2) -> Iterator[Dict[str, np.ndarray]]:
-    """Iterates ``dataset`` from batch ``start``, with ``num_workers`` worker processes."""
+    """Iterates ``dataset`` from batch ``start``, with ``num_workers`` worker processes.
+
+    ``dataset`` yields whole batches, so grain's default read-ahead (16 threads, 500 elements)
+    would hold hundreds of batches and keep 16 Python threads contending for the interpreter
+    while the step compiles. Batches are read ahead by one thread per core (one per worker
+    process when there are workers), at most ``max(prefetch_buffer, threads)`` of them.
+    """
     import grain
 
-    iter_ds = dataset[start:].to_iter_dataset()
+    threads = 1 if num_workers > 0 else max(1, min(16, os.cpu_count() or 1))
+    read_options = grain.ReadOptions(num_threads=threads,
+                                     prefetch_buffer_size=max(prefetch_buffer, threads))
+    iter_ds = dataset[start:].to_iter_dataset(read_options)
     if num_workers > 0:
         _ensure_absl_flags()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
