@@ -209,11 +209,12 @@ def resident_train_step(state: TrainState, data: Dict[str, jax.Array],
                         shape_model: Optional[ShapeModel], *, resident, **kwargs):
     """:func:`train_step` on a batch this device cuts from its shard of a resident set (``data``,
     from :func:`asmnet_jax.data.resident.place`) at the state's step: records, augmentation and
-    labels are all computed here, from (seed, step) (``resident``: a
+    labels are all computed here, from the state's key and step (``resident``: a
     :class:`~asmnet_jax.data.resident.ResidentSpec`)."""
     from asmnet_jax.data import resident as resident_lib
 
-    batch = resident_lib.train_batch(data, state.step, resident)
+    batch = resident_lib.train_batch(data, state.step, resident,
+                                     jax.random.wrap_key_data(state.rng))
     return train_step(state, batch, shape_model, **kwargs)
 
 

@@ -553,8 +553,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     local_batch = config.batch_size // jax.device_count()
     if input_path == "device":
         spec = resident.ResidentSpec(local_batch=local_batch, steps_per_epoch=steps_per_epoch,
-                                     input_size=config.input_size, augment=pcfg.augment,
-                                     seed=config.seed)
+                                     input_size=config.input_size, augment=pcfg.augment)
         train_data = resident.place(train_source.arrays, config.margin, config.input_size, mesh)
         val_data = resident.place(val_source.arrays, config.margin, config.input_size, mesh)
         train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)

@@ -168,12 +168,13 @@ def step_child(args) -> dict:
     pcfg = train.pipeline_config(config)
     spec = resident.ResidentSpec(local_batch=config.batch_size // jax.device_count(),
                                  steps_per_epoch=spe, input_size=config.input_size,
-                                 augment=pcfg.augment, seed=config.seed)
+                                 augment=pcfg.augment)
     if config.input == "device":
         # One batch as the resident step makes it (a machine with the device path alone may
         # have neither grain nor OpenCV): float images, as that step feeds the model.
         data = resident.place(train_source.arrays, config.margin, config.input_size, mesh)
-        cut = jax.jit(jax.shard_map(lambda d: resident.train_batch(d, 0, spec), mesh=mesh,
+        key = jax.random.key(config.seed)
+        cut = jax.jit(jax.shard_map(lambda d: resident.train_batch(d, 0, spec, key), mesh=mesh,
                                     in_specs=P(steps_lib.DATA_AXIS),
                                     out_specs=P(steps_lib.DATA_AXIS)))
         batch = cut(data)

@@ -86,18 +86,20 @@ def test_shards_are_completed_from_the_start_of_the_set():
 
 def test_each_device_visits_its_shard_once_per_epoch_in_a_new_order():
     spec = resident.ResidentSpec(local_batch=4, steps_per_epoch=5, input_size=S,
-                                 augment=AugmentConfig(), seed=3)
+                                 augment=AugmentConfig())
+    key = jax.random.key(3)
     shard = 22
 
     def epoch(e, device):
-        return np.concatenate([np.asarray(resident.batch_records(e * 5 + t, spec, shard, device))
+        return np.concatenate([np.asarray(resident.batch_records(e * 5 + t, spec, shard, device,
+                                                                  key))
                                for t in range(5)])
 
     first = epoch(0, 0)
     assert len(set(first.tolist())) == 20 and first.min() >= 0 and first.max() < shard
     assert not np.array_equal(first, epoch(1, 0))       # a new permutation every epoch
     assert not np.array_equal(first, epoch(0, 1))       # and on every device
-    np.testing.assert_array_equal(first, epoch(0, 0))   # a function of (seed, step, device)
+    np.testing.assert_array_equal(first, epoch(0, 0))   # a function of (key, step, device)
 
 
 def _on_one_device(fn, *args):
@@ -109,15 +111,15 @@ def _on_one_device(fn, *args):
 
 def test_a_step_cuts_the_drawn_augmentation_of_its_records(arrays):
     config = AugmentConfig()
-    spec = resident.ResidentSpec(local_batch=4, steps_per_epoch=2, input_size=S, augment=config,
-                                 seed=5)
+    spec = resident.ResidentSpec(local_batch=4, steps_per_epoch=2, input_size=S, augment=config)
+    key = jax.random.key(5)
     mesh = steps_lib.make_mesh(jax.devices()[:1])
     data = resident.place(arrays, 0.1, S, mesh)
     step = 7
-    batch, _ = _on_one_device(lambda d, k: resident.train_batch(d, k, spec), data,
+    batch, _ = _on_one_device(lambda d, k: resident.train_batch(d, k, spec, key), data,
                               jnp.int32(step))
-    rows = np.asarray(resident.batch_records(step, spec, COUNT, 0))
-    params = dev_aug.draw(resident._device_key(5, resident._AUGMENT_SALT, step, 0), 4, config, S)
+    rows = np.asarray(resident.batch_records(step, spec, COUNT, 0, key))
+    params = dev_aug.draw(resident._device_key(key, resident._AUGMENT_SALT, step, 0), 4, config, S)
     matrices = np.asarray(data["matrix"])
     images, points, pose = dev_aug.apply(arrays.image[rows], arrays.landmarks[rows],
                                          arrays.pose[rows], matrices[rows], params, S, config)

@@ -16,12 +16,14 @@ Order and randomness (the resident counterpart of :mod:`asmnet_jax.data.pipeline
   (when D does not divide N, the last shard is completed with records from the start of the set,
   so a few records appear twice per epoch; with one device every record appears once).
 * Epoch ``e`` on device ``d`` visits its shard in the order of a permutation drawn from
-  ``(seed, e, d)``; step ``t`` of the epoch takes the next ``B / D`` records of it. An epoch has
+  ``(key, e, d)``; step ``t`` of the epoch takes the next ``B / D`` records of it. An epoch has
   ``N // B`` steps (the partial last batch is dropped, as in the host pipeline).
-* The augmentation of step ``k`` on device ``d`` is drawn from ``(seed, k, d)``.
+* The augmentation of step ``k`` on device ``d`` is drawn from ``(key, k, d)``.
 
-Everything is a function of (seed, step), computed inside the step from the train state's step
-counter, so a run resumed at step k draws exactly the batches it would have drawn. The draws are
+``key`` is the train state's key (drawn from ``config.seed`` when the state is created, and
+checkpointed with it). Everything is a function of (key, step), computed inside the step from the
+train state, so a run resumed at step k draws exactly the batches it would have drawn, and runs
+that differ only in their seed share one compiled step. The draws are
 not the host pipeline's (that uses NumPy generators): both paths give equally distributed, not
 identical, batches.
 """
@@ -259,20 +261,20 @@ class ResidentSpec:
     steps_per_epoch: int        # N // B
     input_size: int             # S
     augment: AugmentConfig
-    seed: int = 0
 
 
-def _device_key(seed: int, salt: int, counter, device) -> jax.Array:
-    key = jax.random.fold_in(jax.random.key(seed), salt)
+def _device_key(key: jax.Array, salt: int, counter, device) -> jax.Array:
+    key = jax.random.fold_in(key, salt)
     return jax.random.fold_in(jax.random.fold_in(key, counter), device)
 
 
-def batch_records(step, spec: ResidentSpec, shard_size: int, device) -> jax.Array:
+def batch_records(step, spec: ResidentSpec, shard_size: int, device, key: jax.Array
+                  ) -> jax.Array:
     """Positions in this device's shard (``local_batch``,) int32 of the records of global step
-    ``step`` (traced): the epoch's permutation, drawn from (seed, epoch, device), sliced."""
+    ``step`` (traced): the epoch's permutation, drawn from (key, epoch, device), sliced."""
     epoch = step // spec.steps_per_epoch
     within = step % spec.steps_per_epoch
-    order = jax.random.permutation(_device_key(spec.seed, _ORDER_SALT, epoch, device), shard_size)
+    order = jax.random.permutation(_device_key(key, _ORDER_SALT, epoch, device), shard_size)
     return jax.lax.dynamic_slice(order, (within * spec.local_batch,), (spec.local_batch,))
 
 
@@ -284,14 +286,16 @@ def _to_model_units(images, points, pose_deg, input_size: int) -> Dict[str, jax.
             "pose": lm.degrees_to_model_pose(pose_deg)}
 
 
-def train_batch(data: Dict[str, jax.Array], step, spec: ResidentSpec) -> Dict[str, jax.Array]:
+def train_batch(data: Dict[str, jax.Array], step, spec: ResidentSpec, key: jax.Array
+                ) -> Dict[str, jax.Array]:
     """This device's part of training batch ``step`` (call under ``shard_map`` over ``data``, with
     ``data`` this device's shard from :func:`place`): ``image`` (b, S, S, 3) float32 in [0, 1],
-    ``landmarks`` (b, 2n), ``pose`` (b, 3) radians and ``mask`` (b,) ones."""
+    ``landmarks`` (b, 2n), ``pose`` (b, 3) radians and ``mask`` (b,) ones. ``key``: the run's
+    key (the train state's), from which records and augmentation are drawn."""
     device = jax.lax.axis_index(DATA_AXIS)
     shard_size = data["image"].shape[0]
-    rows = batch_records(step, spec, shard_size, device)
-    params = dev_aug.draw(_device_key(spec.seed, _AUGMENT_SALT, step, device), spec.local_batch,
+    rows = batch_records(step, spec, shard_size, device, key)
+    params = dev_aug.draw(_device_key(key, _AUGMENT_SALT, step, device), spec.local_batch,
                           spec.augment, spec.input_size)
     images, points, pose = dev_aug.apply(data["image"][rows], data["landmarks"][rows],
                                          data["pose"][rows], data["matrix"][rows], params,
