@@ -1,11 +1,14 @@
-"""Two processes on localhost (jax.distributed with gloo CPU collectives) train in lock-step and
-end with the parameters of a one-process run on the same global batches.
+"""Two processes on localhost with two CPU devices each (jax.distributed with gloo CPU
+collectives) train in lock-step and end with the parameters of a one-process, one-device run on
+the same global batches: the data-parallel step on four devices, reduced within each process and
+across the two, equals the step on one.
 
 Both runs compute in float64 (64-bit JAX) without dropout and use SGD, so the only differences are
-summation orders; each process reads its own half of every global batch from the host pipeline.
-The two processes then train again on the device path, where each device cuts its batches from
-its own shard of the set (so the batches depend on the device count and there is no one-process
-run to equal): they must run in lock-step and agree on the result.
+summation orders (a sum for a mean, or per-device BN statistics, would differ by orders of
+magnitude more); each process reads its own half of every global batch from the host pipeline and
+splits it over its devices. The two processes then train again on the device path, where each
+device cuts its batches from its own shard of the set (so the batches depend on the device count
+and there is no one-device run to equal): they must run in lock-step and agree on the result.
 """
 
 import os
@@ -23,7 +26,7 @@ WORKER = textwrap.dedent("""
     import sys
     import jax
     port, index, count, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    inputs = sys.argv[5].split(",")
+    inputs, local_devices = sys.argv[5].split(","), int(sys.argv[6])
     if count > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{port}", num_processes=count, process_id=index)
@@ -34,7 +37,7 @@ WORKER = textwrap.dedent("""
     c.batch_size = 8
     c.synthetic.train = 24
     c.synthetic.validation = 10
-    c.num_epochs = 1              # 3 steps: at 32 px and 4 faces per device the fresh network is
+    c.num_epochs = 1              # 3 steps: at 32 px and 2-4 faces per device the fresh network is
                                   # chaotic, and rounding differences grow ~1000x per step after
                                   # the third
     c.dropout_rate = 0.0
@@ -50,6 +53,7 @@ WORKER = textwrap.dedent("""
         c.input = path
         summary = train.train_and_evaluate(c, f"{workdir}_{path}")
         assert summary["processes"] == count and summary["step"] == 3, summary
+        assert summary["devices"] == count * local_devices == jax.device_count(), summary
         assert summary["input"] == path, summary
         print("SUMMARY", path, summary["val_nme"], flush=True)
 """)
@@ -72,20 +76,23 @@ def _params(workdir):
     return meta["step"], state
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_of_two_devices_match_one_device(tmp_path):
     env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = with_fast_compile()  # no fake device count: one CPU device per process
+    one_device = dict(env, XLA_FLAGS=with_fast_compile())
+    two_devices = dict(env, XLA_FLAGS=with_fast_compile(
+        "--xla_force_host_platform_device_count=2"))
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     port = _free_port()
     two = str(tmp_path / "two")
     workers = [subprocess.Popen([sys.executable, str(script), str(port), str(i), "2", two,
-                                 "host,device"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                 "host,device", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=two_devices)
                for i in range(2)]
     one = subprocess.run([sys.executable, str(script), "0", "0", "1", str(tmp_path / "one"),
-                          "host"],
-                         capture_output=True, text=True, env=env, timeout=900)
+                          "host", "1"],
+                         capture_output=True, text=True, env=one_device, timeout=900)
     outputs = [w.communicate(timeout=900) for w in workers]
     for worker, (_, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
@@ -101,7 +108,7 @@ def test_two_processes_match_one(tmp_path):
         (state_two["params"], state_two["batch_stats"]))
     assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-5
     # The device path: both processes trained 3 steps and report the same validation NME (each
-    # evaluates every face, gathered from both devices).
+    # evaluates every face, gathered from all four devices).
     device = [[line for line in out.splitlines() if line.startswith("SUMMARY device")]
               for out, _ in outputs]
     assert all(len(lines) == 1 for lines in device), outputs

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import with_fast_compile
 
 SCRIPT = textwrap.dedent("""
@@ -52,7 +54,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_step_on_four_devices_equals_one_step_on_one(tmp_path):
+    """Slow tier: test_distributed.py checks four devices (two per process) against one in the
+    default tier, through the whole training loop; this is the same check on a single step in
+    one process, for narrowing down a failure there."""
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, XLA_FLAGS=with_fast_compile("--xla_force_host_platform_device_count=4"),
                PYTHONPATH=os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
