@@ -18,7 +18,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 #: XLA CPU flags for the tests: compile fast rather than run fast.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 
 
 def with_fast_compile(flags: str = "") -> str:
@@ -46,14 +47,28 @@ def shared_data():
     return path
 
 
+def _xdist_worker() -> str:
+    """This pytest-xdist worker's name ("gw0", ...), or "" outside pytest-xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _session_root(tmp_path_factory) -> pathlib.Path:
+    """A folder of this test session that all its pytest-xdist workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if _xdist_worker() else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent XLA cache for the session: the training tests compile the same steps in
     several runs (uninterrupted, interrupted, resumed), and the commands the tests start as
-    subprocesses (which inherit the environment) compile what this process already did."""
+    subprocesses (which inherit the environment) and the other pytest-xdist workers compile what
+    one process already did."""
     import jax
 
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    cache = _session_root(tmp_path_factory) / "xla_cache"
+    cache.mkdir(exist_ok=True)
+    cache = str(cache)
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
@@ -103,15 +118,32 @@ def tiny_flags(**overrides):
     return [f"--config.{key}={value}" for key, value in {**TINY, **overrides}.items()]
 
 
+def _one_run_per_session(tmp_path_factory, name: str, config):
+    """(workdir, summary) of ``config`` trained once per test session: with pytest-xdist the
+    first worker that asks trains it under a lock, the others wait and read its summary."""
+    import fcntl
+    import json
+
+    from asmnet_jax import train
+
+    if not _xdist_worker():
+        workdir = str(tmp_path_factory.mktemp(name))
+        return workdir, train.train_and_evaluate(config, workdir)
+    root = _session_root(tmp_path_factory)
+    workdir, done = root / name, root / f"{name}.summary.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            summary = train.train_and_evaluate(config, str(workdir))
+            done.write_text(json.dumps(summary))
+    return str(workdir), json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(workdir, summary) of one uninterrupted run of :func:`tiny_config` (12 steps). Tests
     that write into a run copy it first."""
-    from asmnet_jax import train
-
-    workdir = str(tmp_path_factory.mktemp("tiny_run"))
-    summary = train.train_and_evaluate(tiny_config(), workdir)
-    return workdir, summary
+    return _one_run_per_session(tmp_path_factory, "tiny_run", tiny_config())
 
 
 @pytest.fixture(scope="session")
@@ -119,8 +151,5 @@ def tiny_host_run(tmp_path_factory):
     """(workdir, summary) of :func:`tiny_config` through the host pipeline (``input="host"``):
     the reference of the host path's tests, and the session's compiled plain train step (the
     tiny run's step cuts its own batches on the device)."""
-    from asmnet_jax import train
-
-    workdir = str(tmp_path_factory.mktemp("tiny_host_run"))
-    summary = train.train_and_evaluate(tiny_config(input="host"), workdir)
-    return workdir, summary
+    return _one_run_per_session(tmp_path_factory, "tiny_host_run",
+                                tiny_config(input="host"))
