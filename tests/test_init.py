@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from asmnet_jax import init as init_lib  # noqa: E402
 from asmnet_jax.checkpoints import save_model  # noqa: E402
 from asmnet_jax.models import BN_EPSILON, MobileNetV2Backbone, create_model  # noqa: E402
+
+from _variables import random_variables  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
@@ -105,8 +106,7 @@ def keras_case(request, tmp_path_factory):
 
 def _init_variables(name, num_landmarks=68, **kwargs):
     model = create_model(name, num_landmarks, input_range="signed", **kwargs)
-    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
-    return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return model, random_variables(model, SIZE)
 
 
 @jax.jit

@@ -8,19 +8,17 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 
 from asmnet_jax import checkpoints, inference
 from asmnet_jax.models import create_model
+
+from _variables import random_variables
 
 SIZE = 64
 
 
 def _variables(name="asmnet", num_landmarks=68, seed=0):
-    model = create_model(name, num_landmarks)
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
-    return jax.tree_util.tree_map(np.asarray, {"params": variables["params"],
-                                               "batch_stats": variables["batch_stats"]})
+    return random_variables(create_model(name, num_landmarks), SIZE, seed)
 
 
 def test_compact_float16_model_directory_round_trip(tmp_path):
