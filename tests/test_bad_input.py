@@ -47,6 +47,8 @@ import pytest
 from asmnet_jax import detection, export as export_lib, inference, predict as P
 from asmnet_jax.cli import eval as eval_cli, export as export_cli, predict as predict_cli
 
+from _variables import random_variables
+
 SIZE = 32
 N = 68
 COMMANDS = {"asmnet-eval": eval_cli, "asmnet-export": export_cli, "asmnet-predict": predict_cli}
@@ -74,24 +76,9 @@ def _last_line(err):
 
 def _random_variables(model_name="asmnet", num_landmarks=N, seed=0):
     """Random variables of a model, from its traced shapes (nothing compiled)."""
-    import jax
-    import jax.numpy as jnp
-
     from asmnet_jax.models import create_model
 
-    model = create_model(model_name, num_landmarks)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                                 jnp.zeros((1, SIZE, SIZE, 3)), train=False))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return (np.ones if "var" in name else np.zeros)(leaf.shape, np.float32)
-        return rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(
-        fill, {k: v for k, v in abstract.items() if k in ("params", "batch_stats")})
+    return random_variables(create_model(model_name, num_landmarks), SIZE, seed)
 
 
 @pytest.fixture(scope="module")
