@@ -35,9 +35,10 @@ if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-#: The longest test files (about 50-110 s each on two cores), started first so that the
-#: pytest-xdist workers, which take whole files in collection order, finish together.
-LONGEST_FIRST = ("test_distributed.py", "test_train.py", "test_init.py", "test_keras_import.py")
+#: Long test files (about 30-110 s each on two cores), started first so that the pytest-xdist
+#: workers, which take whole files in collection order, finish together. test_train.py trains the
+#: session's tiny run; the files that wait for it come later.
+LONGEST_FIRST = ("test_distributed.py", "test_train.py", "test_keras_import.py", "test_models.py")
 
 
 def pytest_collection_modifyitems(config, items):
