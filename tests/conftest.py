@@ -38,12 +38,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: Long test files (about 30-110 s each on two cores), started first so that the pytest-xdist
 #: workers, which take whole files in collection order, finish together. test_train.py trains the
 #: session's tiny run; the files that wait for it come later.
-LONGEST_FIRST = ("test_distributed.py", "test_train.py", "test_keras_import.py", "test_models.py")
+STARTED_FIRST = ("test_distributed.py", "test_train.py", "test_keras_import.py", "test_models.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within
+    rank = {name: i for i, name in enumerate(STARTED_FIRST)}
+    # A stable sort: the tests of each file keep their order.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def shared_data_dir() -> pathlib.Path:
