@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 import jax
-import jax.numpy as jnp
 
 from asmnet_jax import export as export_lib
 from asmnet_jax.cli import export as export_cli
 from asmnet_jax.checkpoints import save_model
 from asmnet_jax.models import HEADS, create_model
+
+from _variables import random_variables
 
 #: The exports need TensorFlow (the ``export`` extra); only the missing-TensorFlow test runs without.
 requires_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
@@ -33,40 +34,19 @@ NUM_LANDMARKS = 68
 def _perturbed_variables(seed=0):
     """ASMNet variables at 64 px whose outputs depend clearly on the image.
 
-    Glorot-uniform kernels and random BN scales and biases (NumPy, from the shapes of
-    ``model.init``); the BN statistics are those of a batch of random images (one train-mode pass
+    Glorot-uniform kernels and random BN scales and biases (``_variables.random_variables``);
+    the BN statistics are those of a batch of random images (one train-mode pass
     with momentum 0), then scaled at random, so that the normalised signal neither dies out nor
     explodes through the 16 blocks, and the converter's BN folding sees non-trivial statistics.
     """
     model = create_model("asmnet", NUM_LANDMARKS)
-    shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name, shape = jax.tree_util.keystr(path), leaf.shape
-        if name.endswith("['kernel']"):
-            limit = np.sqrt(6.0 / (int(np.prod(shape[:-2])) * (shape[-2] + shape[-1])))
-            values = rng.uniform(-limit, limit, shape)
-        elif name.endswith("['scale']"):
-            values = rng.uniform(0.5, 1.5, shape)
-        elif name.endswith("['bias']"):
-            values = rng.normal(0.0, 0.1, shape)
-        elif name.endswith("['mean']"):
-            values = np.zeros(shape)
-        elif name.endswith("['var']"):
-            values = np.ones(shape)
-        else:
-            raise AssertionError(f"unexpected variable {name}")
-        return values.astype(np.float32)
-
-    variables = {key: jax.tree_util.tree_map_with_path(fill, shapes[key])
-                 for key in ("params", "batch_stats")}
+    variables = random_variables(model, SIZE, seed)
     calibrate = create_model("asmnet", NUM_LANDMARKS, bn_momentum=0.0)
     batch_stats = jax.jit(lambda v, x: calibrate.apply(
         v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})[1])(
         variables, export_lib.random_images(8, SIZE, seed=seed + 1))["batch_stats"]
     stats = jax.tree_util.tree_map(np.asarray, batch_stats)
+    rng = np.random.default_rng([seed, 1])
 
     def perturb(path, leaf):
         factor = rng.uniform(0.7, 1.4, leaf.shape) if jax.tree_util.keystr(path).endswith(
