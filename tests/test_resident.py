@@ -100,6 +100,8 @@ def test_each_device_visits_its_shard_once_per_epoch_in_a_new_order():
     assert not np.array_equal(first, epoch(1, 0))       # a new permutation every epoch
     assert not np.array_equal(first, epoch(0, 1))       # and on every device
     np.testing.assert_array_equal(first, epoch(0, 0))   # a function of (key, step, device)
+    other = np.asarray(resident.batch_records(0, spec, shard, 0, jax.random.key(4)))
+    assert not np.array_equal(first[:4], other)         # another seed's key, another order
 
 
 def _on_one_device(fn, *args):
