@@ -624,8 +624,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                 or step == last_step
             if evaluate_now or save_now:
                 val_nme = None
+                seconds = {}
                 if evaluate_now:
+                    start = time.perf_counter()
                     val_summary = validate()
+                    seconds["eval_s"] = time.perf_counter() - start
                     val_nme = val_summary["nme"]
                     best_nme = min(best_nme, val_nme)
                     logger.scalars(step, {k: v for k, v in val_summary.items()
@@ -633,10 +636,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                     logger.write(f"step {step} epoch {epoch}: val NME {val_nme:.3f}% "
                                  f"(best {best_nme:.3f}%), FR {val_summary['fr']:.1f}%")
                 if save_now:
+                    start = time.perf_counter()
                     checkpoints.save(host_copy(state),
                                      {"step": step, "epoch": epoch, "val_nme": val_nme,
                                      "best_val_nme": best_nme},
                                      val_nme)
+                    seconds["save_s"] = time.perf_counter() - start
+                # Where the time between training windows goes (the next window counts it).
+                logger.scalars(step, seconds, "time")
     finally:
         logger.close()
         checkpoints.close()

@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                              "w300, no data needed: for machines without the data)")
     parser.add_argument("--child-step", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.warmup % args.log_every or args.steps % args.log_every:
+    if not args.child_step and (args.warmup % args.log_every or args.steps % args.log_every):
         parser.error("--warmup and --steps must be multiples of --log-every")
     overrides = parse_overrides(args.set)
     if args.gpu:

@@ -129,6 +129,10 @@ def test_a_run_trains_evaluates_and_writes_its_figures(uninterrupted):
     train_rows = [r for r in records if r["kind"] == "train"]
     val_rows = [r for r in records if r["kind"] == "val"]
     assert len(val_rows) == 3  # one evaluation per epoch
+    # Each evaluation and save is timed, so a slow loop shows where its time goes.
+    time_rows = [r for r in records if r["kind"] == "time"]
+    assert [r["step"] for r in time_rows] == [r["step"] for r in val_rows]
+    assert all(r["eval_s"] > 0 and r["save_s"] > 0 for r in time_rows)
     assert {"mse", "asm", "alpha", "pose", "head_l2", "learning_rate", "img_per_s"} <= set(
         train_rows[0])
     # The alpha schedule moves with the epoch inside the compiled step: 2, 1, 0.5 for 3 epochs.
