@@ -365,6 +365,7 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
     ckpt = train.Checkpoints(directory, keep=2)   # a resumed run
     for step, nme in ((4, 3.0), (5, 3.5)):
         ckpt.save(state, {"step": step, "val_nme": nme}, nme)
+    ckpt.wait()   # saves are written in the background
     assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
     assert ckpt.manager.best_step() == 2
     ckpt.close()
