@@ -52,4 +52,9 @@ def get_config():
     # A weight average over ~1,000 steps (the study averaged its 1,568 steps with 0.995).
     c.ema_decay = 0.999
     c.final_flip_eval = True
+    # Evaluated every epoch (10 ms on a GPU), saved every 5: on an H200 at batch 256 an epoch of
+    # 300W is 7 steps (0.2 s) and one save writes ~800 arrays (1.1-1.3 s), so saving every epoch
+    # made the 150 epochs take 238 s instead of ~100 (experiments/RESULTS.md, GPU loop).
+    c.eval_every_epochs = 1
+    c.checkpoint_every_epochs = 5
     return c
