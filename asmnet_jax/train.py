@@ -469,6 +469,20 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def due(step: int, steps_per_epoch: int, last_step: int, config) -> Tuple[bool, bool, bool]:
+    """(log, evaluate, save) after ``step`` steps: evaluations and saves at the ends of every
+    ``eval_every_epochs``-th and ``checkpoint_every_epochs``-th epoch and after the last step;
+    metrics are fetched every ``log_every_steps`` steps and wherever an evaluation or save is due,
+    but not at an epoch end with nothing to do (on a GPU a 300W epoch is a few steps, and each
+    fetch stops the device)."""
+    last = step == last_step
+    epoch, within = divmod(step, steps_per_epoch)
+    end_of_epoch = within == 0
+    evaluate = last or (end_of_epoch and epoch % config.eval_every_epochs == 0)
+    save = last or (end_of_epoch and epoch % config.checkpoint_every_epochs == 0)
+    return step % config.log_every_steps == 0 or evaluate or save, evaluate, save
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     """Trains (or resumes) the run in ``workdir``; returns the final summary (also written to
     ``workdir/metrics.json``)."""
@@ -599,18 +613,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict:
             state, step_metrics = train_step(state, next_input(), shape_model)
             step += 1
             window_steps += 1
-            end_of_epoch = step % steps_per_epoch == 0
             epoch = step // steps_per_epoch
-            evaluate_now = (end_of_epoch and epoch % config.eval_every_epochs == 0) \
-                or step == last_step
-            save_now = (end_of_epoch and epoch % config.checkpoint_every_epochs == 0) \
-                or step == last_step
-            if step % config.log_every_steps == 0 or evaluate_now or save_now:
-                # Metrics reach the host only here, so steps between logs stay asynchronous
-                # (an epoch end with nothing to do does not stop the device: on a GPU a 300W
-                # epoch is a few steps). Every evaluation and save happens on such a step, after
-                # this check; a non-finite loss or gradient leaves NaN parameters behind, so it
-                # is never missed.
+            log_now, evaluate_now, save_now = due(step, steps_per_epoch, last_step, config)
+            if log_now:
+                # Metrics reach the host only here, so steps between logs stay asynchronous.
+                # Every evaluation and save happens on such a step, after this check; a
+                # non-finite loss or gradient leaves NaN parameters behind, so it is never missed.
                 values = {key: float(value) for key, value in host_copy(step_metrics).items()}
                 # After host_copy, which waits for the step: before it, only dispatch is timed.
                 elapsed = time.perf_counter() - window_start

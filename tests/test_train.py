@@ -354,6 +354,22 @@ def test_learning_rate_schedules():
     assert float(lr(500)) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_loop_stops_the_device_only_to_log_evaluate_or_save():
+    """7 steps per epoch (300W at batch 256), logs every 20 steps, evaluations and saves every 5
+    epochs: an epoch end with nothing due fetches nothing."""
+    config = base_config()
+    config.log_every_steps, config.eval_every_epochs, config.checkpoint_every_epochs = 20, 5, 5
+    due = {step: train.due(step, 7, 1050, config) for step in range(1, 1051)}
+    assert due[7] == (False, False, False)          # an epoch end with nothing to do
+    assert due[20] == (True, False, False)          # a log step
+    assert due[35] == (True, True, True)            # the end of epoch 5
+    assert due[1050] == (True, True, True)          # the last step
+    assert sum(log for log, _, _ in due.values()) == 1050 // 20 + 1050 // 35 - 1050 // 140
+    config.eval_every_epochs = 1                    # evaluating every epoch: a fetch per epoch
+    assert train.due(7, 7, 1050, config) == (True, True, False)
+    assert train.due(12, 7, 12, config) == (True, True, True)  # a last step inside an epoch
+
+
 def test_the_best_checkpoint_survives_a_restart(tmp_path):
     """BestN must know the metrics of checkpoints saved before a restart, or it deletes the best."""
     state = {"w": np.ones(3, np.float32)}
