@@ -24,7 +24,8 @@ What is timed, for each compute dtype (``bfloat16`` first, it is the headline, t
 * ``--depthwise-impl`` sets the JAX model's depthwise form (``asmnet_jax.depthwise``; default
   ``auto``: on CUDA, cuDNN's grouped convolution in bf16 and the ``mixed`` form in float32).
 * ``--profile DIR`` traces a few more steps of the first dtype on each side after its timing: JAX's
-  ``jax_<dtype>.xplane.pb`` (read it with TensorBoard's profile plugin or the XPlane protobuf) and
+  ``jax_<dtype>.xplane.pb`` (``experiments/xplane_ops.py`` sums its op times; TensorBoard's
+  profile plugin shows the timeline) and
   PyTorch's operator and kernel table ``torch_<dtype>_kernels.txt``.
 
 The input batch is uint8 NHWC images (as the input pipeline delivers them), float32 landmarks and

@@ -232,3 +232,66 @@ def test_bench_loop_end_to_end():
         assert row["loop_img_s"] > 0 and row["step_img_s"] > 0
         assert row["loop_over_step"] == pytest.approx(row["loop_img_s"] / row["step_img_s"])
     assert result["paths"]["device"]["resident_step_img_s"] > 0
+
+
+HLO_FOR_XPLANE = """HloModule jit_train_step
+
+%fused_dot (p0: f32[8,4], p1: f32[4,2]) -> f32[8,2] {
+  %p0 = f32[8,4]{1,0} parameter(0)
+  %p1 = f32[4,2]{1,0} parameter(1)
+  ROOT %d = f32[8,2]{1,0} dot(f32[8,4]{1,0} %p0, f32[4,2]{1,0} %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_sum (p0: f32[8,2]) -> f32[2] {
+  %p0 = f32[8,2]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %r = f32[2]{0} reduce(f32[8,2]{1,0} %p0, f32[] %c), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (a: f32[8,4], b: f32[4,2]) -> f32[2] {
+  %a = f32[8,4]{1,0} parameter(0)
+  %b = f32[4,2]{1,0} parameter(1)
+  %ynn_fusion.3 = f32[8,2]{1,0} fusion(f32[8,4]{1,0} %a, f32[4,2]{1,0} %b), kind=kCustom, calls=%fused_dot
+  ROOT %ynn_fusion.7 = f32[2]{0} fusion(f32[8,2]{1,0} %ynn_fusion.3), kind=kCustom, calls=%fused_sum
+}
+"""
+
+
+def test_xplane_ops_sums_op_events_per_step_and_labels_fusions(tmp_path, capsys):
+    """Op events on the CPU runtime's worker threads are summed per op and per family, divided by
+    the traced steps; the executor's bookkeeping and other threads are left out; with the HLO,
+    YNNPACK fusions are split by what they hold."""
+    xplane_pb2 = pytest.importorskip("tensorflow.tsl.profiler.protobuf.xplane_pb2")
+    xplane_ops = _load("xplane_ops")
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = ["ynn_fusion.3", "ynn_fusion.7", "add_fusion.1", "add_fusion.2",
+             "ThunkExecutor::Execute", "ThreadpoolListener::StartRegion", "python_call"]
+    for key, name in enumerate(names, start=1):
+        plane.event_metadata[key].id = key
+        plane.event_metadata[key].name = name
+    ms = 10**9  # picoseconds per millisecond
+    workers = [plane.lines.add(name="tf_XLAEigen/1"), plane.lines.add(name="tf_XLAEigen/2")]
+    for line, events in zip(workers, ([(1, 6), (5, 100), (3, 2)], [(2, 4), (4, 1), (6, 50)])):
+        for key, millis in events:
+            line.events.add(metadata_id=key, duration_ps=millis * ms)
+    plane.lines.add(name="python").events.add(metadata_id=7, duration_ps=500 * ms)
+    trace = tmp_path / "jax_float32.xplane.pb"
+    trace.write_bytes(space.SerializeToString())
+    hlo = tmp_path / "step.txt"
+    hlo.write_text(HLO_FOR_XPLANE)
+
+    xplane_ops.main([str(trace), "--steps", "2", "--hlo", str(hlo)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ms_per_step"] == {"ynn_fusion:dot": 3.0, "add_fusion": 1.5,
+                                      "ynn_fusion:reduce": 2.0}
+    assert summary["total_ms_per_step"] == 6.5
+    assert summary["top"][0] == {"op": "ynn_fusion.3", "ms_per_step": 3.0, "shape": "f32[8,2]{1,0}"}
+
+    xplane_ops.main([str(trace), "--steps", "1"])  # without the HLO: families by name only
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ms_per_step"] == {"ynn_fusion": 10.0, "add_fusion": 3.0}
+
+    with pytest.raises(SystemExit, match="not an XSpace"):
+        (tmp_path / "junk.pb").write_bytes(b"\xff\xff\xff")
+        xplane_ops.main([str(tmp_path / "junk.pb")])
