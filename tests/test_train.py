@@ -387,6 +387,22 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
     ckpt.close()
 
 
+def test_a_save_returns_while_its_files_are_still_being_written(tmp_path):
+    """Checkpoints.save starts the write and returns (the loop goes on training); a synchronous
+    save would return with nothing in progress. 64 MB take far longer to write than the check
+    right after save() returns."""
+    state = {"w": np.ones((4, 4096, 1024), np.float32)}
+    ckpt = train.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
+    ckpt.save(state, {"step": 1}, 1.0)
+    in_progress = ckpt.manager.is_saving_in_progress()
+    ckpt.wait()
+    assert in_progress
+    assert not ckpt.manager.is_saving_in_progress()
+    restored, meta = ckpt.read()
+    assert meta == {"step": 1} and np.array_equal(restored["w"], state["w"])
+    ckpt.close()
+
+
 def test_an_unknown_command_line_key_gets_one_line_before_flag_parsing():
     from asmnet_jax.cli import train as train_cli
     argv = ["asmnet-train", "--workdir", "w", "--config.optimizer.learning_rate=0.1"]
