@@ -75,20 +75,27 @@ def _run_flags(args, path: str, workdir: str):
     return flags
 
 
-def loop_speed(metrics_path: str, batch_size: int, warmup: int):
-    """(img/s, steps counted) of the logged windows that start at or after step ``warmup``."""
-    steps = seconds = 0.0
-    previous = 0
+def train_windows(metrics_path: str, batch_size: int):
+    """(first step, steps, seconds) of each logged training window in a run's ``metrics.jsonl``
+    (a window's seconds from its step count and logged img/s)."""
+    windows, previous = [], 0
     with open(metrics_path) as f:
         for line in f:
             record = json.loads(line)
             if record.get("kind") != "train":
                 continue
-            step, window = int(record["step"]), int(record["step"]) - previous
-            if previous >= warmup and window > 0:
-                steps += window
-                seconds += window * batch_size / float(record["img_per_s"])
+            step = int(record["step"])
+            if step > previous:
+                windows.append((previous, step - previous,
+                                (step - previous) * batch_size / float(record["img_per_s"])))
             previous = step
+    return windows
+
+
+def loop_speed(metrics_path: str, batch_size: int, warmup: int):
+    """(img/s, steps counted) of the logged windows that start at or after step ``warmup``."""
+    counted = [(n, s) for start, n, s in train_windows(metrics_path, batch_size) if start >= warmup]
+    steps, seconds = sum(n for n, _ in counted), sum(s for _, s in counted)
     if steps == 0:
         raise SystemExit(f"{metrics_path}: no logged window after step {warmup}; raise --steps")
     return steps * batch_size / seconds, int(steps)

@@ -48,7 +48,7 @@ python3 experiments/bench_loop.py --gpu --config configs/asmnet_300w.py --set in
 OUT=$OUT FACES=$FACES RECIPE_SET=$RECIPE_SET python3 - <<'PY' 2>&1 | tee "$OUT/recipe_150.log"
 import json, os, subprocess, sys, tempfile, time
 sys.path.insert(0, "experiments")
-from bench_loop import write_random_faces
+from bench_loop import train_windows, write_random_faces
 root = tempfile.mkdtemp()
 write_random_faces(os.path.join(root, "faces"), int(os.environ["FACES"]))
 flags = ["--config", "configs/asmnet_300w.py", "--workdir", os.path.join(root, "run"),
@@ -74,8 +74,7 @@ with open(os.path.join(os.environ.get("OUT", "gpu_out"), "recipe_metrics.jsonl")
 train = [w for w in windows if w.get("kind") == "train"]
 times = [w for w in windows if w.get("kind") == "time"]
 batch = json.load(open(os.path.join(root, "run", "config.json")))["batch_size"]
-seconds = [(w["step"] - (v["step"] if v else 0)) * batch / w["img_per_s"]
-           for v, w in zip([None] + train[:-1], train)]
+seconds = [s for _, _, s in train_windows(os.path.join(root, "run", "metrics.jsonl"), batch)]
 speeds = sorted(w["img_per_s"] for w in train)
 print(json.dumps({"recipe": "configs/asmnet_300w.py, bf16, batch 256, random faces",
                   "faces": int(os.environ["FACES"]), "set": os.environ["RECIPE_SET"],

@@ -3,7 +3,8 @@
 ``experiments/bench_gpu.py --profile DIR`` traces a few train steps with JAX's profiler and keeps
 the ``jax_<dtype>.xplane.pb`` file (on a GPU machine or on this CPU). This script reads such a file
 and adds up, per op, the time of its events: on the CPU the XLA thunks (fusions, YNNPACK fusions,
-dots) on the runtime's worker threads, on a GPU the kernels on the device's streams. The
+dots) on the runtime's worker threads; on a GPU, the events of the device planes' lines (the
+streams' kernels; this path has not yet been run on a real GPU trace). The
 executor's own bookkeeping events (``ThunkExecutor``, thread-pool regions) are left out: they
 enclose or accompany the ops rather than add to them.
 

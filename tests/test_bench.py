@@ -208,6 +208,7 @@ def test_bench_loop_counts_only_the_windows_after_the_warm_up(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     img_s, steps = bench_loop.loop_speed(str(path), 8, 5)
     assert steps == 15 and img_s == pytest.approx(15 * 8 / 5.0)
+    assert bench_loop.train_windows(str(path), 8) == [(0, 5, 40.0), (5, 5, 1.0), (10, 10, 4.0)]
 
 
 def test_bench_loop_stand_in_faces_are_a_valid_export(tmp_path):
@@ -295,3 +296,25 @@ def test_xplane_ops_sums_op_events_per_step_and_labels_fusions(tmp_path, capsys)
     with pytest.raises(SystemExit, match="not an XSpace"):
         (tmp_path / "junk.pb").write_bytes(b"\xff\xff\xff")
         xplane_ops.main([str(tmp_path / "junk.pb")])
+
+
+def test_xplane_ops_reads_a_device_plane_s_stream_lines_only(tmp_path, capsys):
+    """On a GPU trace, kernels on the streams count; the per-op summary line ("XLA Ops") and the
+    step markers would count them twice and are left out."""
+    xplane_pb2 = pytest.importorskip("tensorflow.tsl.profiler.protobuf.xplane_pb2")
+    xplane_ops = _load("xplane_ops")
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/device:GPU:0")
+    for key, name in enumerate(["loop_fusion.4", "cutlass_gemm", "train_step"], start=1):
+        plane.event_metadata[key].id = key
+        plane.event_metadata[key].name = name
+    stream = plane.lines.add(name="Stream #14(Compute)")
+    stream.events.add(metadata_id=1, duration_ps=3 * 10**9)
+    stream.events.add(metadata_id=2, duration_ps=5 * 10**9)
+    plane.lines.add(name="XLA Ops").events.add(metadata_id=1, duration_ps=3 * 10**9)
+    plane.lines.add(name="Steps").events.add(metadata_id=3, duration_ps=9 * 10**9)
+    trace = tmp_path / "jax_bfloat16.xplane.pb"
+    trace.write_bytes(space.SerializeToString())
+    xplane_ops.main([str(trace), "--steps", "1"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ms_per_step"] == {"cutlass_gemm": 5.0, "loop_fusion": 3.0}
