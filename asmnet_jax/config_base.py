@@ -9,9 +9,26 @@ config is locked before training, so a command-line override of a key that does 
 import difflib
 from typing import Iterator, Optional
 
+import jax
 import ml_collections
 
+from asmnet_jax import landmarks as lm
 from asmnet_jax.data.augment import AugmentConfig
+from asmnet_jax.depthwise import IMPLS
+from asmnet_jax.errors import AsmnetError
+from asmnet_jax.init import INITS
+from asmnet_jax.losses import LANDMARK_LOSSES
+from asmnet_jax.models import DTYPES, INPUT_RANGES, MODELS
+
+#: The landmark count of each named data set (synthetic faces come in both markups).
+DATASET_LANDMARKS = {"w300": 68, "wflw": 98}
+SCHEDULES = ("cosine", "constant", "authors_cyclic")
+#: Where training batches are made (config.input; asmnet_jax/data/inputs.py).
+INPUTS = ("auto", "device", "host")
+
+
+class ConfigError(AsmnetError, ValueError):
+    """A configuration key with a bad value; the message names the key."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -57,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.margin = 0.1                # face box margin on each side, fraction of its side
     c.augment = ml_collections.ConfigDict(AugmentConfig().to_dict())
     c.num_workers = 0             # grain worker processes (0: in the training process)
-    # Where training batches are made (asmnet_jax/data/resident.py): "device" holds the stored
+    # Where training batches are made (asmnet_jax/data/inputs.py): "device" holds the stored
     # crops in device memory and augments inside the jitted step; "host" decodes and augments
     # them on the host with grain and OpenCV; "auto" is "device" when one device's shard of the
     # training set takes at most a quarter of its memory, else "host".
@@ -134,6 +151,108 @@ def unknown_key_message(name: str) -> str:
     guess = closest_key(name)
     hint = f"; did you mean config.{guess}?" if guess else ""
     return f"unknown config key config.{name}{hint}"
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Rejects unknown keys and bad values before anything is built, naming the key."""
+    reference = base_config()
+
+    def walk(cfg, ref, prefix):
+        for key in cfg.keys():
+            name = f"{prefix}{key}"
+            if key not in ref:
+                raise ConfigError(unknown_key_message(name[len("config."):]))
+            if isinstance(ref[key], ml_collections.ConfigDict):
+                walk(cfg[key], ref[key], name + ".")
+
+    walk(config, reference, "config.")
+
+    def require(ok, key, message):
+        if not ok:
+            raise ConfigError(f"config.{key}: {message}")
+
+    require(config.model in MODELS, "model", f"{config.model!r} is not one of {sorted(MODELS)}")
+    require(config.dataset in ("synthetic", *DATASET_LANDMARKS), "dataset",
+            f"{config.dataset!r} is not synthetic, w300 or wflw")
+    require(config.num_landmarks in lm.FLIP_ORDERS, "num_landmarks",
+            f"{config.num_landmarks} is not 68 or 98")
+    expected = DATASET_LANDMARKS.get(config.dataset)
+    require(expected is None or expected == config.num_landmarks, "num_landmarks",
+            f"{config.num_landmarks} does not match dataset {config.dataset!r}, which has "
+            f"{expected} points")
+    require(config.input_size > 0 and config.input_size % 32 == 0, "input_size",
+            f"{config.input_size} is not a positive multiple of 32")
+    require(0.0 < config.asm_variance < 1.0, "asm_variance", "must be in (0, 1)")
+    require(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {sorted(DTYPES)}")
+    require(config.dtype != "float64" or jax.config.jax_enable_x64, "dtype",
+            "float64 needs 64-bit JAX (JAX_ENABLE_X64=1)")
+    require(config.depthwise_impl in IMPLS, "depthwise_impl",
+            f"{config.depthwise_impl!r} is not one of {IMPLS}")
+    require(config.optimizer.schedule in SCHEDULES, "optimizer.schedule",
+            f"{config.optimizer.schedule!r} is not one of {SCHEDULES}")
+    require(config.optimizer.name in ("adam", "adamw", "sgd"), "optimizer.name",
+            f"{config.optimizer.name!r} is not adam, adamw or sgd")
+    require(config.head_init in ("keras", "mean"), "head_init",
+            f"{config.head_init!r} is not keras or mean")
+    require(0.0 <= config.bn_momentum < 1.0, "bn_momentum", "must be in [0, 1)")
+    require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"{config.ema_decay} is not in [0, 1)")
+    require(config.landmark_loss in LANDMARK_LOSSES, "landmark_loss",
+            f"{config.landmark_loss!r} is not one of {LANDMARK_LOSSES}")
+    require(config.input_range in INPUT_RANGES, "input_range",
+            f"{config.input_range!r} is not one of {INPUT_RANGES}")
+    require(config.init in INITS, "init",
+            f"{config.init!r} is not one of {INITS}")
+    require(config.init != "checkpoint" or bool(config.init_path), "init_path",
+            "init='checkpoint' needs the workdir, checkpoint or model directory to start from")
+    require(config.init != "imagenet" or config.input_range == "signed", "input_range",
+            "ImageNet MobileNetV2 was trained on inputs in [-1, 1]: set input_range='signed' "
+            "with init='imagenet'")
+    require(config.init_bn_images >= 0, "init_bn_images", "must be 0 or positive")
+    require(config.batch_size > 0, "batch_size", "must be positive")
+    require(config.batch_size % jax.device_count() == 0, "batch_size",
+            f"{config.batch_size} is not divisible by the {jax.device_count()} devices")
+    require(config.num_epochs > 0, "num_epochs", "must be positive")
+    require(config.max_steps == -1 or config.max_steps > 0, "max_steps",
+            f"{config.max_steps}: must be positive, or -1 for no limit")
+    require(0.0 <= config.margin < 1.0, "margin", f"{config.margin} is not in [0, 1)")
+    require(0.0 <= config.dropout_rate < 1.0, "dropout_rate",
+            f"{config.dropout_rate} is not in [0, 1)")
+    require(config.head_l2 >= 0.0, "head_l2", f"{config.head_l2} is negative")
+    require(config.num_workers >= 0, "num_workers", f"{config.num_workers} is negative")
+    require(config.input in INPUTS, "input", f"{config.input!r} is not one of {INPUTS}")
+    for split in ("train", "validation"):
+        require(config.synthetic[split] > 0, f"synthetic.{split}",
+                f"{config.synthetic[split]}: must be positive")
+    require(bool(config.train_split) and bool(config.val_split), "train_split",
+            "the train and validation split names must not be empty")
+    # Intervals and counts of the loop.
+    require(config.log_every_steps > 0, "log_every_steps",
+            f"{config.log_every_steps}: must be positive")
+    require(config.eval_every_epochs > 0, "eval_every_epochs",
+            f"{config.eval_every_epochs}: must be positive")
+    require(config.checkpoint_every_epochs > 0, "checkpoint_every_epochs",
+            f"{config.checkpoint_every_epochs}: must be positive")
+    require(config.keep_checkpoints >= 1, "keep_checkpoints",
+            f"{config.keep_checkpoints}: at least the latest checkpoint is kept (>= 1)")
+    # The optimiser.
+    opt = config.optimizer
+    require(opt.learning_rate > 0.0, "optimizer.learning_rate",
+            f"{opt.learning_rate}: must be positive")
+    require(opt.warmup_epochs >= 0.0, "optimizer.warmup_epochs",
+            f"{opt.warmup_epochs} is negative")
+    require(opt.weight_decay >= 0.0, "optimizer.weight_decay", f"{opt.weight_decay} is negative")
+    require(0.0 <= opt.b1 < 1.0, "optimizer.b1", f"{opt.b1} is not in [0, 1)")
+    require(0.0 <= opt.b2 < 1.0, "optimizer.b2", f"{opt.b2} is not in [0, 1)")
+    require(opt.grad_clip >= 0.0, "optimizer.grad_clip", f"{opt.grad_clip} is negative (0: off)")
+    require(opt.schedule != "authors_cyclic" or 0.0 < opt.cyclic_min_lr <= opt.learning_rate,
+            "optimizer.cyclic_min_lr", f"{opt.cyclic_min_lr} is not in (0, learning_rate]")
+    require(opt.cyclic_half_cycle_epochs > 0.0, "optimizer.cyclic_half_cycle_epochs",
+            f"{opt.cyclic_half_cycle_epochs}: must be positive")
+    require(opt.time_decay >= 0.0, "optimizer.time_decay", f"{opt.time_decay} is negative")
+    try:
+        AugmentConfig.from_dict(config.augment)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err).replace("AugmentConfig.", "config.augment.")) from err
 
 
 def default_config() -> ml_collections.ConfigDict:

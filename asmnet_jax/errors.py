@@ -6,7 +6,7 @@ model); its message names the culprit (the file, the key, the flag). The command
 ``PROG: error: MESSAGE`` and exit with status 1; any other exception is a bug and keeps its
 traceback.
 
-The classes elsewhere (``train.ConfigError``, ``data.errors.DataError``, ...) derive from :class:`AsmnetError` and, as before, from ``ValueError`` or ``RuntimeError``, so
+The classes elsewhere (``config_base.ConfigError``, ``data.errors.DataError``, ...) derive from :class:`AsmnetError` and, as before, from ``ValueError`` or ``RuntimeError``, so
 ``except ValueError`` clauses keep catching them.
 """
 

@@ -33,8 +33,9 @@ Written to ``--out`` (default ``WORKDIR/eval/STEP``, or ``./eval_NAME`` for a mo
   of the ``input_size`` model input, ``SPLIT/nme_NORMALISER`` fractions, ``SPLIT/pose_pred_deg``
   and ``SPLIT/pose_gt_deg`` (N, 3)).
 
-The faces are predicted by :func:`asmnet_jax.eval_loop.predict_faces`, the loop that training's
-validation runs too.
+The faces are predicted by :class:`asmnet_jax.evaluation.EvalSet`, as training's validation
+predicts them: the same weights, split and ``--batch-size`` (training's ``config.batch_size``) give
+the same digits.
 """
 
 from __future__ import annotations
@@ -48,17 +49,19 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from asmnet_jax import metrics
-from asmnet_jax.data import pipeline
-from asmnet_jax import reports
+import jax
+
+from asmnet_jax import inference, metrics, model_dir, reports
+from asmnet_jax.config_base import base_config
+from asmnet_jax.data import sources
+from asmnet_jax.data.sources import DATASETS, SYNTHETIC_SPLITS, available_splits
 from asmnet_jax.errors import EvalError
-from asmnet_jax.eval_loop import FacePredictions, predict_faces
+from asmnet_jax.evaluation import EvalSet, FacePredictions
 from asmnet_jax.files import atomic_open
+from asmnet_jax.mesh import make_mesh, replicate
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("synthetic", "w300", "wflw", "synthetic_faces")
-SYNTHETIC_SPLITS = ("train", "validation", "test")
 #: The 300W full set is the union of these two test sets.
 FULL_SET_PARTS = ("common", "challenging")
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
@@ -133,27 +136,6 @@ def headline_split(results: Mapping[str, Mapping], requested: Sequence[str]) -> 
 # Data
 
 
-def available_splits(dataset: str, data_dir=None, tfds_config=None,
-                     arrays_dir=None) -> List[str]:
-    """The splits ``dataset`` offers (for TFDS: the built ones; with ``arrays_dir``: the
-    ``.npz`` exports in ``arrays_dir/dataset``)."""
-    if dataset == "synthetic":
-        return list(SYNTHETIC_SPLITS)
-    if dataset not in DATASETS:
-        raise EvalError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    if arrays_dir:
-        folder = os.path.join(arrays_dir, dataset)
-        names = sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".npz")) \
-            if os.path.isdir(folder) else []
-        if not names:
-            raise EvalError(f"{folder}: no .npz export of {dataset!r} here (write them with "
-                            f"asmnet-build-data {dataset} ... --npz {arrays_dir})")
-        return names
-    from asmnet_jax.data import tfds_builders
-
-    return list(tfds_builders.built_builder(dataset, data_dir, tfds_config).info.splits)
-
-
 def default_splits(dataset: str, available: Sequence[str]) -> List[str]:
     """300W: common + challenging (full follows); WFLW: test and the attribute subsets that
     exist; synthetic: validation; synthetic_faces: test."""
@@ -192,30 +174,6 @@ def resolve_splits(requested: Optional[Sequence[str]], dataset: str,
     return reported, predicted
 
 
-def open_source(dataset: str, split: str, *, config: Mapping, data_dir=None, tfds_config=None,
-                arrays_dir=None):
-    """A random-access source of ``split``. ``config``: the run's config (``synthetic``,
-    ``num_landmarks``, ``input_size`` for the synthetic faces). ``arrays_dir``: read the
-    split's ``.npz`` export there instead of TFDS."""
-    if dataset == "synthetic":
-        synthetic = dict(config.get("synthetic") or {})
-        if split not in SYNTHETIC_SPLITS:
-            raise EvalError(f"dataset 'synthetic' has no split {split!r}; it has "
-                            f"{', '.join(SYNTHETIC_SPLITS)}")
-        # The test split has as many faces as the validation split (the config sets no count).
-        count = synthetic.get(split, synthetic.get("validation"))
-        return pipeline.synthetic_split(split, int(count), int(synthetic.get("seed", 0)),
-                                        int(config["num_landmarks"]), int(config["input_size"]))
-    if arrays_dir:
-        from asmnet_jax.data import resident
-
-        return resident.ArraySource(resident.load_npz(
-            resident.npz_path(arrays_dir, dataset, split), int(config["num_landmarks"])))
-    from asmnet_jax.data import tfds_builders
-
-    return tfds_builders.data_source(dataset, split, data_dir, tfds_config)
-
-
 def check_markup(source, num_landmarks: int, dataset: str, split: str) -> None:
     """Raises :class:`EvalError` if the faces of ``source`` do not have the model's point count."""
     example = source[0]
@@ -240,19 +198,15 @@ def _normalisers(primary: str, num_landmarks: int) -> List[str]:
 
 def _model_dataset(path: str) -> Optional[str]:
     """``dataset`` recorded in a model directory's model.json, if any."""
-    from asmnet_jax import checkpoints as model_io
-
-    if not os.path.isfile(os.path.join(path, model_io.MODEL_JSON)):
+    if not os.path.isfile(os.path.join(path, model_dir.MODEL_JSON)):
         return None
-    return model_io.read_model_info(path).get("dataset")
+    return model_dir.read_model_info(path).get("dataset")
 
 
 def _data_config(loaded) -> Dict:
     """The run's config, or for a model directory the defaults with the model's markup and size."""
     if loaded.config is not None:
         return dict(loaded.config)
-    from asmnet_jax.config_base import base_config
-
     config = base_config().to_dict()
     config.update(num_landmarks=loaded.num_landmarks, input_size=loaded.input_size)
     return config
@@ -283,11 +237,6 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
     Raises :class:`EvalError`, another :class:`asmnet_jax.errors.AsmnetError` (a model or data
     that cannot be read) or ``FileNotFoundError``, naming the path, split or option.
     """
-    import jax
-
-    from asmnet_jax import inference
-    from asmnet_jax import steps as steps_lib
-
     start = time.perf_counter()
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise EvalError(f"--threshold must be a positive number, got {threshold!r}")
@@ -313,23 +262,23 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
     reported, predicted = resolve_splits(splits, dataset, available)
     normalisers = _normalisers(normaliser, loaded.num_landmarks)
 
-    sources = {}
+    arrays = {}
     for split in predicted:
-        sources[split] = open_source(dataset, split, config=config, data_dir=data_dir,
-                                     tfds_config=tfds_config, arrays_dir=arrays_dir)
-        if len(sources[split]) == 0:
+        source = sources.open_split(config, split, dataset=dataset, data_dir=data_dir,
+                                    arrays_dir=arrays_dir, tfds_config=tfds_config)
+        if len(source) == 0:
             raise EvalError(f"dataset {dataset!r} split {split!r} holds no faces")
-        check_markup(sources[split], loaded.num_landmarks, dataset, split)
+        check_markup(source, loaded.num_landmarks, dataset, split)
+        arrays[split] = sources.host_arrays(source, loaded.num_landmarks,
+                                            f"dataset {dataset!r} split {split!r}")
 
-    mesh = steps_lib.make_mesh(devices)
-    predict = steps_lib.compile_eval_step(loaded.model, mesh, flip=flip)
-    variables = steps_lib.replicate(loaded.variables, mesh)
-    pcfg = pipeline.PipelineConfig(batch_size=batch_size, input_size=loaded.input_size,
-                                   margin=loaded.margin, num_landmarks=loaded.num_landmarks)
+    mesh = make_mesh(devices)
+    variables = replicate(loaded.variables, mesh)
     faces: Dict[str, FacePredictions] = {}
     for split in predicted:
         split_start = time.perf_counter()
-        faces[split] = predict_faces(predict, variables, sources[split], pcfg, mesh)
+        faces[split] = EvalSet(arrays[split], loaded.model, mesh, loaded.input_size,
+                               loaded.margin, batch_size).predict(variables, flip=flip)
         log.info("%s: %d faces in %.1f s", split, len(faces[split]),
                  time.perf_counter() - split_start)
     nme = {split: {norm: f.nme(norm) for norm in normalisers} for split, f in faces.items()}
@@ -357,7 +306,8 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
     selection = reports.grid_selection(faces, {s: nme[s][normalisers[0]] for s in faces},
                                        grid_faces)
     if selection:
-        reports.write_grid(files["grid"], selection, faces, sources, pcfg)
+        reports.write_grid(files["grid"], selection, faces, arrays, loaded.input_size,
+                           loaded.margin)
     else:
         files.pop("grid")
     reports.write_per_face(files["per_face_csv"], files["per_face_npz"], faces, nme,

@@ -37,10 +37,16 @@ import logging
 import os
 from typing import Dict, Iterable, Optional, Tuple
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from asmnet_jax.checkpoints import _to_plain_dicts
+from asmnet_jax import inference, keras_import
+from asmnet_jax.models import BN_EPSILON, BatchNorm
+from asmnet_jax.steps import images_to_unit
+from asmnet_jax.model_dir import to_plain_dicts
 from asmnet_jax.errors import AsmnetError
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,15 @@ def imagenet_search_paths() -> Tuple[str, ...]:
         places.append(os.path.join(os.environ["KERAS_HOME"], "models", IMAGENET_FILE))
     places.append(os.path.join(os.path.expanduser("~"), ".keras", "models", IMAGENET_FILE))
     return tuple(places)
+
+
+def check_checkpoint_path(path: str) -> str:
+    """``config.init_path`` of a warm start as an absolute path (a workdir, a checkpoint, a model
+    directory or a shipped model's name); raises :class:`InitError` naming it if there is none."""
+    try:
+        return inference.resolve_model_path(path)
+    except FileNotFoundError as error:
+        raise InitError(f"config.init_path: {error}") from None
 
 
 def find_imagenet_weights(path: str = "") -> str:
@@ -105,8 +120,6 @@ def load_imagenet_backbone(path: str, variables) -> Tuple[Dict, Dict]:
     Returns:
       (new variables as nested dicts of float32 NumPy arrays, a summary for the log).
     """
-    from asmnet_jax import keras_import
-
     try:
         layers = keras_import.read_keras_weights(path)
     except (OSError, ValueError) as error:
@@ -116,7 +129,7 @@ def load_imagenet_backbone(path: str, variables) -> Tuple[Dict, Dict]:
         raise InitError(f"{path}: not a Keras MobileNetV2 weights file (no layer {missing[0]!r}; "
                         f"its layers with weights: {sorted(layers)[:8]})")
     flat = {key: np.asarray(value) for key, value in
-            traverse_util.flatten_dict(_to_plain_dicts(variables)).items()}
+            traverse_util.flatten_dict(to_plain_dicts(variables)).items()}
     problems, loaded = [], 0
     for key in _backbone_keys(variables):
         layer, kind, depthwise = keras_import.keras_source(key)
@@ -167,8 +180,6 @@ def load_checkpoint_weights(path: str, model_name: str, num_landmarks: int, inpu
     Returns:
       (new variables, a summary for the log).
     """
-    from asmnet_jax import inference
-
     try:
         saved = inference.load(path)
     except (OSError, ValueError) as error:
@@ -182,7 +193,7 @@ def load_checkpoint_weights(path: str, model_name: str, num_landmarks: int, inpu
                         f"config.input_range={saved_range!r} to start from it")
     source = traverse_util.flatten_dict(saved.variables)
     flat = {key: np.asarray(value) for key, value in
-            traverse_util.flatten_dict(_to_plain_dicts(variables)).items()}
+            traverse_util.flatten_dict(to_plain_dicts(variables)).items()}
     copied, fresh = 0, []
     for key, value in flat.items():
         if key in source and np.shape(source[key]) == value.shape:
@@ -219,13 +230,6 @@ def batch_norm_moments(model, variables, images: Iterable[np.ndarray]) -> Dict[t
     Returns:
       {BN module path (tuple of names): (mean (C,), variance (C,))} as float64 NumPy arrays.
     """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from asmnet_jax.models import BatchNorm
-    from asmnet_jax.steps import images_to_unit
-
     def record(next_fun, args, kwargs, context):
         module = context.module
         if isinstance(module, BatchNorm) and context.method_name == "__call__":
@@ -266,13 +270,11 @@ def reestimate_batch_norm(model, variables, images: Iterable[np.ndarray],
     NumPy arrays, a summary for the log: layers, images, the median factor by which the scales
     changed).
     """
-    from asmnet_jax.models import BN_EPSILON
-
     eps = BN_EPSILON if epsilon is None else epsilon
     images = list(images)
     moments = batch_norm_moments(model, variables, images)
-    params = traverse_util.flatten_dict(_to_plain_dicts(variables["params"]))
-    stats = traverse_util.flatten_dict(_to_plain_dicts(variables["batch_stats"]))
+    params = traverse_util.flatten_dict(to_plain_dicts(variables["params"]))
+    stats = traverse_util.flatten_dict(to_plain_dicts(variables["batch_stats"]))
     params = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
     factors = []
@@ -286,7 +288,7 @@ def reestimate_batch_norm(model, variables, images: Iterable[np.ndarray],
         factors.append(np.sqrt((v + eps) / (var + eps)))
     as32 = lambda flat: traverse_util.unflatten_dict(  # noqa: E731
         {k: np.asarray(v, np.float32) for k, v in flat.items()})
-    new = dict(_to_plain_dicts(variables), params=as32(params), batch_stats=as32(stats))
+    new = dict(to_plain_dicts(variables), params=as32(params), batch_stats=as32(stats))
     factors = np.concatenate(factors) if factors else np.ones(1)
     summary = {"layers": len(moments), "images": int(sum(len(b) for b in images)),
                "scale_factor_median": float(np.median(factors)),

@@ -29,10 +29,11 @@ from functools import partial
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
-from asmnet_jax.depthwise import conv3x3, depthwise_conv3x3
+from asmnet_jax.depthwise import conv3x3, depthwise_conv3x3, resolve_impl
 from asmnet_jax.landmarks import check_num_landmarks
 
 Dtype = Any
@@ -326,10 +327,29 @@ def create_model(name: str, num_landmarks: int = 68, **kwargs) -> nn.Module:
     return MODELS[name](num_landmarks=check_num_landmarks(num_landmarks), **kwargs)
 
 
+#: Compute dtypes by name (parameters stay float32). float64 needs JAX_ENABLE_X64 (exactness tests).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+def build_model(config, bn_axis_name: Optional[str] = None, **overrides) -> nn.Module:
+    """The module a training config describes: ``config`` is a ``ConfigDict`` or the dict of a
+    run's ``config.json`` (keys an older run did not record take the modules' defaults).
+    ``overrides`` replace module settings (``dtype``, ``depthwise_impl``, ...); ``dtype`` may be a
+    name of :data:`DTYPES` or a dtype."""
+    kwargs = {key: config[key] for key in ("bn_momentum", "input_range", "dtype",
+                                           "depthwise_impl") if key in config}
+    if config["model"] == "asmnet" and "dropout_rate" in config:
+        kwargs["dropout_rate"] = config["dropout_rate"]
+    kwargs.update(overrides)
+    dtype = kwargs.get("dtype", "float32")
+    kwargs["dtype"] = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    kwargs["depthwise_impl"] = resolve_impl(kwargs.get("depthwise_impl", "auto"), kwargs["dtype"])
+    return create_model(config["model"], int(config["num_landmarks"]),
+                        bn_axis_name=bn_axis_name, **kwargs)
+
+
 def count_parameters(variables) -> dict:
     """Counts of trainable parameters, BN statistics and their total (Keras ``count_params``)."""
-    import jax
-
     def size(tree):
         return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
 

@@ -8,7 +8,7 @@ The flow for each image (in the order given; a directory is walked for image fil
 1. **Faces.** Boxes the user passes (``--boxes FILE.json``, ``--box x0,y0,x1,y1``) or a face
    detector (:mod:`asmnet_jax.detection`, pluggable: ``detection.register_detector``). A detector
    box is mapped to the face box the model was trained with by the detector's calibration.
-2. **Crops**, exactly as in training (:func:`asmnet_jax.data.pipeline.base_matrix`): the face box
+2. **Crops**, exactly as in training (:func:`asmnet_jax.data.crop.base_matrix`): the face box
    (the landmarks' square bounding box in training) grown by the model's ``margin`` on each side,
    resampled to the model's input size; black outside the image.
 3. **Prediction** in batches of ``--batch-size`` faces across images
@@ -189,7 +189,7 @@ def list_images(inputs: Sequence[str], exclude: Optional[str] = None) -> List[Im
 
 def model_crop_box(face_box: crop.SquareBox, margin: float) -> crop.SquareBox:
     """The face box grown by ``margin`` of its side on each side: the square the model sees
-    (the same rule as :func:`asmnet_jax.data.pipeline.base_matrix`)."""
+    (the same rule as :func:`asmnet_jax.data.crop.base_matrix`)."""
     return crop.SquareBox(face_box.cx, face_box.cy, crop.grown_side(face_box.side, margin))
 
 

@@ -2,24 +2,27 @@
 error distribution plot, the grid of predicted faces and the per-face files.
 
 The numbers come from :mod:`asmnet_jax.evaluate` (per-split summaries) and the faces from
-:func:`asmnet_jax.eval_loop.predict_faces`; nothing here predicts or computes a metric beyond
+:class:`asmnet_jax.evaluation.EvalSet`; nothing here predicts or computes a metric beyond
 what a figure needs.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+import cv2
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from asmnet_jax import landmarks as lm
 from asmnet_jax import metrics
-from asmnet_jax.data import pipeline
+from asmnet_jax.data import augment, crop
+from asmnet_jax.data.synthetic import draw_landmarks, image_grid
 from asmnet_jax.errors import EvalError
-from asmnet_jax.eval_loop import FacePredictions
+from asmnet_jax.evaluation import FacePredictions
 from asmnet_jax.files import atomic_open, temporary_path
 
 GRID_FACES = 16
@@ -94,8 +97,6 @@ def plot_ced(path: str, errors: Mapping[str, np.ndarray], threshold: float,
              normaliser: str) -> str:
     """Writes the CED curves (one per split) of per-face errors (N,) (fractions) as a PNG of
     ``CED_FIGSIZE * CED_DPI`` pixels, with Matplotlib's Agg canvas (no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=CED_FIGSIZE, dpi=CED_DPI)
     FigureCanvasAgg(fig)
@@ -125,9 +126,6 @@ def grid_tile_size(input_size: int) -> int:
 def draw_predictions(images, pred, gt, tile: int) -> np.ndarray:
     """Faces (K, S, S, 3) uint8 with ground truth (green) and prediction (red) drawn, resized to
     (K, tile, tile, 3). ``pred``, ``gt``: model vectors (K, 2n)."""
-    import cv2
-
-    from asmnet_jax.data.synthetic import draw_landmarks
 
     radius = max(1.0, tile / 128.0)
     out = []
@@ -150,24 +148,21 @@ def grid_selection(faces: Mapping[str, FacePredictions], nme: Mapping[str, np.nd
     return [(pooled[int(r)][1], pooled[int(r)][2]) for r in ranks]
 
 
-def write_grid(path: str, selection, faces: Mapping[str, FacePredictions], sources,
-               pcfg: pipeline.PipelineConfig) -> str:
+def write_grid(path: str, selection, faces: Mapping[str, FacePredictions], arrays,
+               input_size: int, margin: float) -> str:
     """The model inputs of the ``selection`` faces, drawn (:func:`draw_predictions`) and tiled in
-    ``ceil(sqrt(K))`` columns (:func:`asmnet_jax.data.synthetic.image_grid`), as PNG or JPEG."""
-    import cv2
-
-    from asmnet_jax.data.synthetic import image_grid
-
-    tile = grid_tile_size(pcfg.input_size)
+    ``ceil(sqrt(K))`` columns (:func:`asmnet_jax.data.synthetic.image_grid`), as PNG or JPEG.
+    ``arrays``: each split's :class:`asmnet_jax.data.sources.HostArrays`."""
+    tile = grid_tile_size(input_size)
     drawn = {}
     for split in dict.fromkeys(split for split, _ in selection):
         positions = [i for s, i in selection if s == split]
-        indices = faces[split].indices[positions]
-        faces_shown = pipeline.InMemorySource(sources[split][int(i)] for i in indices)
-        batch = pipeline.eval_dataset(faces_shown,
-                                      dataclasses.replace(pcfg, batch_size=len(indices)))[0]
-        tiles = draw_predictions(batch["image"][:len(indices)],
-                                 faces[split].landmarks[positions],
+        stored = arrays[split]
+        images = np.stack([augment.eval_transform(
+            stored.image[i], stored.landmarks[i], stored.pose[i],
+            crop.base_matrix(stored.box[i], margin, input_size), input_size)[0]
+            for i in faces[split].indices[positions]])
+        tiles = draw_predictions(images, faces[split].landmarks[positions],
                                  faces[split].gt_landmarks[positions], tile)
         drawn.update({(split, i): t for i, t in zip(positions, tiles)})
     tiles = np.stack([drawn[key] for key in selection])  # the selection's order

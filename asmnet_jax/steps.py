@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from asmnet_jax.asm import ShapeModel
-from asmnet_jax.losses import asm_alpha, landmark_mse, total_loss
-
-DATA_AXIS = "data"
+from asmnet_jax.landmarks import FLIP_ORDERS
+from asmnet_jax.losses import asm_alpha, total_loss
+from asmnet_jax.mesh import DATA_AXIS
 #: Compiled programs (init, train step, eval step) kept per process: runs that repeat a model and
 #: its settings in one process (sweeps, notebooks, tests) reuse them instead of tracing anew.
 _PROGRAMS_KEPT = 8
@@ -69,12 +69,6 @@ def images_to_unit(images, dtype=jnp.float32):
     if images.dtype == jnp.uint8:
         return images.astype(dtype) * jnp.asarray(1.0 / 255.0, dtype)
     return images.astype(dtype)
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D mesh over all (or the given) devices with the axis ``data``."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array,
@@ -131,10 +125,18 @@ def epoch_of(step, steps_per_epoch: int):
     return step // steps_per_epoch
 
 
-def train_step(state: TrainState, batch: Dict[str, jax.Array], shape_model: Optional[ShapeModel],
-               *, model, optimizer: optax.GradientTransformation,
-               settings: LossSettings) -> Tuple[TrainState, Dict[str, jax.Array]]:
-    """One step on this device's shard of the batch (call under shard_map over ``data``)."""
+def train_step(state: TrainState, inputs, shape_model: Optional[ShapeModel],
+               *, model, optimizer: optax.GradientTransformation, settings: LossSettings,
+               make_batch: Optional[Callable] = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    """One step on this device's part of the data (call under shard_map over ``data``).
+
+    ``inputs`` is this device's shard of the batch ({'image', 'landmarks', 'pose', 'mask'}), or,
+    with ``make_batch``, whatever ``make_batch(inputs, step, key)`` cuts this device's batch from
+    inside the step (a resident data set: :class:`asmnet_jax.data.resident.ResidentSpec`), from
+    the state's step and key.
+    """
+    batch = inputs if make_batch is None else make_batch(
+        inputs, state.step, jax.random.wrap_key_data(state.rng))
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     dropout_key = jax.random.fold_in(step_key, lax.axis_index(DATA_AXIS))
     epoch = epoch_of(state.step, settings.steps_per_epoch)
@@ -205,39 +207,19 @@ def eval_step(variables, batch: Dict[str, jax.Array], *, model,
             "pose": (pose[:count] + mirrored_pose) / 2}
 
 
-def resident_train_step(state: TrainState, data: Dict[str, jax.Array],
-                        shape_model: Optional[ShapeModel], *, resident, **kwargs):
-    """:func:`train_step` on a batch this device cuts from its shard of a resident set (``data``,
-    from :func:`asmnet_jax.data.resident.place`) at the state's step: records, augmentation and
-    labels are all computed here, from the state's key and step (``resident``: a
-    :class:`~asmnet_jax.data.resident.ResidentSpec`)."""
-    from asmnet_jax.data import resident as resident_lib
-
-    batch = resident_lib.train_batch(data, state.step, resident,
-                                     jax.random.wrap_key_data(state.rng))
-    return train_step(state, batch, shape_model, **kwargs)
-
-
 @functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def compile_train_step(model, optimizer, settings: LossSettings, mesh,
-                       resident=None) -> Callable:
-    """``step(state, batch, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
+                       make_batch: Optional[Callable] = None) -> Callable:
+    """``step(state, inputs, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
 
     ``model`` must be built with ``bn_axis_name='data'``. State and shape model are replicated,
-    the batch is split along its first axis; the state's buffers are donated. The same arguments
-    (equal model, settings and mesh, the same optimizer object) give the same function, so a second
-    run in the process neither traces nor compiles again.
-
-    With ``resident`` (a :class:`~asmnet_jax.data.resident.ResidentSpec`) the second argument is
-    the resident training set instead of a batch (:func:`resident_train_step`): pass the same
-    arrays at every step.
+    ``inputs`` (a batch, or the data ``make_batch`` cuts batches from: :func:`train_step`) is
+    split along its first axis; the state's buffers are donated. The same arguments (equal model,
+    settings, mesh and batch function, the same optimizer object) give the same function, so a
+    second run in the process neither traces nor compiles again.
     """
-    if resident is None:
-        per_device = functools.partial(train_step, model=model, optimizer=optimizer,
-                                       settings=settings)
-    else:
-        per_device = functools.partial(resident_train_step, resident=resident, model=model,
-                                       optimizer=optimizer, settings=settings)
+    per_device = functools.partial(train_step, model=model, optimizer=optimizer,
+                                   settings=settings, make_batch=make_batch)
     sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
@@ -248,58 +230,7 @@ def compile_eval_step(model, mesh, flip: bool = False) -> Callable:
     """``predict(variables, batch) -> {'landmarks', 'pose'}``, sharded along the batch; ``flip``
     averages with the prediction on mirrored images (:func:`eval_step`). Kept for the process
     per (model, mesh, flip), like :func:`compile_train_step`."""
-    from asmnet_jax.landmarks import FLIP_ORDERS
-
     flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None
     sharded = jax.shard_map(functools.partial(eval_step, model=model, flip_order=flip_order),
                             mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
     return jax.jit(sharded)
-
-
-def resident_eval(variables, data: Dict[str, jax.Array], *, model, input_size: int,
-                  chunk: int, border_value: int = 0, flip_order=None) -> Dict[str, jax.Array]:
-    """Predictions for every record of this device's shard of a resident set (m records, in
-    shard order): the base warp (:func:`asmnet_jax.data.resident.eval_images`) and the model, in
-    chunks of ``chunk`` records run one after the other (``lax.map``), so the activations of one
-    chunk are alive at a time."""
-    from asmnet_jax.data import resident as resident_lib
-
-    shard_size = data["image"].shape[0]
-    chunks = resident_lib.eval_chunks(shard_size, chunk)
-    rows = (jnp.arange(chunks * chunk) % shard_size).reshape(chunks, chunk)
-
-    def one(index):
-        part = {"image": data["image"][index], "matrix": data["matrix"][index]}
-        images = resident_lib.eval_images(part, input_size, border_value)
-        return eval_step(variables, {"image": images}, model=model, flip_order=flip_order)
-
-    out = lax.map(one, rows)
-    return {key: value.reshape(chunks * chunk, *value.shape[2:])[:shard_size]
-            for key, value in out.items()}
-
-
-@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
-def compile_resident_eval(model, mesh, input_size: int, chunk: int, border_value: int = 0,
-                          flip: bool = False) -> Callable:
-    """``predict(variables, data) -> {'landmarks' (D m, 2n), 'pose' (D m, 3)}`` for a whole
-    resident set (:func:`resident_eval` on every shard), in the placed record order."""
-    from asmnet_jax.landmarks import FLIP_ORDERS
-
-    flip_order = tuple(int(i) for i in FLIP_ORDERS[model.num_landmarks]) if flip else None
-    per_device = functools.partial(resident_eval, model=model, input_size=int(input_size),
-                                   chunk=int(chunk), border_value=int(border_value),
-                                   flip_order=flip_order)
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
-                            out_specs=P(DATA_AXIS))
-    return jax.jit(sharded)
-
-
-def replicate(tree, mesh):
-    """Places a pytree on every device of ``mesh`` (replicated). Goes through host NumPy arrays,
-    which every process of a multi-host run holds identically."""
-    host = jax.tree_util.tree_map(np.asarray, tree)
-    return jax.device_put(host, NamedSharding(mesh, P()))
-
-
-def batch_sharding(mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))

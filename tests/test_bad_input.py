@@ -25,6 +25,10 @@ Covered elsewhere, not repeated here:
   tests/test_cli.py::test_a_missing_model_is_one_line_and_exit_status_1;
   ``asmnet-export --model EMPTY_FOLDER``:
   tests/test_export.py::test_bad_model_path_is_a_one_line_error;
+* ``asmnet-train --config FILE`` that does not exist, has a syntax error, has no ``get_config``,
+  whose ``get_config`` raises or returns no ConfigDict; ``--workdir FILE``; ``asmnet-predict`` and
+  ``asmnet-eval`` with ``--out FILE``, ``--min-score`` / ``--threshold`` out of range:
+  tests/test_cli.py (the rows after test_library_modules_have_no_command_line_code);
 * ``asmnet-eval`` with an unknown split name:
   tests/test_evaluate.py::test_unknown_split_lists_the_available_ones; a step the run does not
   have: tests/test_evaluate.py::test_missing_step_lists_the_steps; a model whose landmark count
@@ -88,7 +92,7 @@ def variables():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, variables):
-    from asmnet_jax.checkpoints import save_model
+    from asmnet_jax.model_dir import save_model
 
     return save_model(tmp_path_factory.mktemp("model") / "tiny", "asmnet", N, variables,
                       compact=True, extra={"input_size": SIZE, "margin": 0.1})
@@ -321,7 +325,7 @@ def _edit_json(path, **changes):
 @pytest.fixture(scope="module")
 def bad_models(tmp_path_factory, variables):
     """{case: (path, the message after ``--model: ``)} of models that cannot be used."""
-    from asmnet_jax.checkpoints import save_model
+    from asmnet_jax.model_dir import save_model
 
     root = tmp_path_factory.mktemp("bad_models")
     cases = {}

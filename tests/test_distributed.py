@@ -66,14 +66,11 @@ def _free_port():
 
 
 def _params(workdir):
-    from asmnet_jax import train
+    from asmnet_jax import run_dir
 
-    ckpt = train.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
-    try:
-        state, meta = ckpt.read()
-    finally:
-        ckpt.close()
-    return meta["step"], state
+    step, state, meta = run_dir.read_checkpoint(workdir, which="latest")
+    assert meta["step"] == step
+    return step, state
 
 
 def test_two_processes_of_two_devices_match_one_device(tmp_path):

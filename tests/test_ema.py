@@ -6,6 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asmnet_jax import config_base
+from asmnet_jax.models import build_model
+from asmnet_jax import mesh as mesh_lib
 from asmnet_jax import inference, steps, train
 
 from _batches import random_batch_and_shape_model
@@ -32,18 +35,18 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tin
     B, S = config.batch_size, config.input_size
     batch, _ = random_batch_and_shape_model(rng, B, S)
     shape_model = ShapeModel.load(f"{tiny_host_run[0]}/asm.npz")
-    model = train.build_model(config, bn_axis_name=steps.DATA_AXIS)
+    model = build_model(config, bn_axis_name=mesh_lib.DATA_AXIS)
     _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
     decay = config.ema_decay
     averaging = steps.LossSettings(total_epochs=config.num_epochs, steps_per_epoch=4,
                                    head_l2_weight=config.head_l2,
                                    landmark_loss=config.landmark_loss, ema_decay=decay)
-    mesh = steps.make_mesh(jax.devices()[:1])
-    batch = {k: jax.device_put(v, steps.batch_sharding(mesh)) for k, v in batch.items()}
-    shape_model = steps.replicate(shape_model, mesh)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    batch = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh)) for k, v in batch.items()}
+    shape_model = mesh_lib.replicate(shape_model, mesh)
 
     step = steps.compile_train_step(model, optimizer, averaging, mesh)
-    state = steps.replicate(steps.with_ema(
+    state = mesh_lib.replicate(steps.with_ema(
         steps.create_train_state(model, optimizer, jax.random.key(0), S)), mesh)
     averaged = [jax.device_get(state)]
     for _ in range(2):
@@ -57,7 +60,7 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tin
     # (here: the weights plus one), the step trains to exactly the same weights.
     for before, after in zip(averaged, averaged[1:]):
         other = jax.tree_util.tree_map(lambda x: x + 1, before.ema)
-        redone, _ = step(steps.replicate(before.replace(ema=other), mesh), batch, shape_model)
+        redone, _ = step(mesh_lib.replicate(before.replace(ema=other), mesh), batch, shape_model)
         for x, y in zip(jax.tree_util.tree_leaves(weights(jax.device_get(redone))),
                         jax.tree_util.tree_leaves(weights(after))):
             np.testing.assert_array_equal(x, y)
@@ -90,5 +93,5 @@ def test_a_run_with_ema_evaluates_and_ships_the_average(tiny_run):
 
 
 def test_ema_decay_out_of_range_is_refused():
-    with pytest.raises(train.ConfigError, match=r"config.ema_decay: 1.0 is not in \[0, 1\)"):
-        train.check_config(tiny_config(ema_decay=1.0))
+    with pytest.raises(config_base.ConfigError, match=r"config.ema_decay: 1.0 is not in \[0, 1\)"):
+        config_base.check_config(tiny_config(ema_decay=1.0))

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from asmnet_jax import eval_loop, evaluate, inference, metrics, reports
+from asmnet_jax import evaluate, inference, metrics, reports
 from asmnet_jax.cli import eval as eval_cli
-from asmnet_jax.data import examples, pipeline
+from asmnet_jax.data import augment, crop, examples, sources
 from conftest import tiny_config
 
 CONFIG = tiny_config()
@@ -74,11 +74,18 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
         result = json.load(f)
     saved = np.load(os.path.join(out, "per_face.npz"))
     assert int(saved["input_size"]) == SIZE
-    # Predict the same crops again through inference.make_predictor (not the evaluation loop).
+    # Crop the faces with OpenCV and predict them through inference.make_predictor (not the
+    # evaluation's program, which warps on the device).
     loaded = inference.load(workdir, which="latest")
-    source = pipeline.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
-    batch = pipeline.eval_dataset(source, pipeline.PipelineConfig(
-        batch_size=VALIDATION, input_size=SIZE, margin=CONFIG.margin))[0]
+    source = sources.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
+    crops = [augment.eval_transform(e["image"], e["landmarks"], e["pose"],
+                                    crop.base_matrix(e["box"], CONFIG.margin, SIZE), SIZE)
+             for e in (source[i] for i in range(VALIDATION))]
+    batch = {"image": np.stack([c[0] for c in crops]),
+             "landmarks": np.stack([(c[1] + 0.5) / SIZE - 0.5 for c in crops]).reshape(
+                 VALIDATION, -1),
+             "pose": np.deg2rad(np.stack([c[2] for c in crops])),
+             "name": [source[i]["name"] for i in range(VALIDATION)]}
     predictor = inference.make_predictor(loaded)
     # Two batches of 8 (faces 0-7 and 4-11): the batch shape the evaluation compiled.
     assert VALIDATION == 12
@@ -104,8 +111,9 @@ def test_numbers_are_recomputed_from_independent_predictions(run, evaluated):
     gt_deg = np.rad2deg(batch["pose"])
     assert headline["pose_mae"]["yaw"] == pytest.approx(
         np.mean(np.abs(pose_deg[:, 0] - gt_deg[:, 0])), abs=1e-3)
-    # Training's per-epoch validation runs the same loop: the same NME for the same checkpoint.
-    assert summary["val_nme"] == pytest.approx(result["nme"], rel=1e-4)
+    # Training's per-epoch validation predicts through the same code with the same batch: the
+    # same NME, to the last digit, for the same weights.
+    assert summary["val_nme"] == result["nme"]
 
     with open(os.path.join(out, "per_face.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -161,9 +169,9 @@ def test_an_npz_export_of_the_same_faces_gives_the_same_numbers(run, evaluated, 
     from asmnet_jax.data import resident
 
     workdir, _ = run
-    faces = pipeline.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
-    resident.save_npz(resident.arrays_from_source(faces, 68),
-                      resident.npz_path(str(tmp_path / "exports"), "w300", "validation"))
+    faces = sources.synthetic_split("validation", VALIDATION, CONFIG.synthetic.seed, 68, SIZE)
+    sources.save_npz(sources.arrays_from_source(faces, 68),
+                      sources.npz_path(str(tmp_path / "exports"), "w300", "validation"))
     code, stdout, stderr = _main(["--model", workdir, "--which", "latest", "--batch-size", "8",
                                   "--dataset", "w300", "--arrays-dir", str(tmp_path / "exports"),
                                   "--split", "validation", "--grid", "0",
@@ -213,19 +221,19 @@ def test_a_landmark_count_mismatch_names_the_split(run, monkeypatch):
         def __getitem__(self, index):
             return face98
 
-    monkeypatch.setattr(evaluate, "open_source", lambda *args, **kwargs: Source())
+    monkeypatch.setattr(sources, "open_split", lambda *args, **kwargs: Source())
     message = _error(["--model", os.path.join(run[0], "checkpoints", str(_steps(run[0])[-1]))])
     assert "68 points" in message and "98 points" in message and "'validation'" in message
 
 
 def test_a_model_directory_needs_a_dataset(run, tmp_path):
-    from asmnet_jax import checkpoints
+    from asmnet_jax import model_dir
 
     loaded = inference.load(run[0])
-    model_dir = checkpoints.save_model(tmp_path / "model", "asmnet", 68, loaded.variables,
-                                       extra={"input_size": SIZE})
-    message = _error(["--model", model_dir])
-    assert model_dir in message and "--dataset" in message
+    directory = model_dir.save_model(tmp_path / "model", "asmnet", 68, loaded.variables,
+                                     extra={"input_size": SIZE})
+    message = _error(["--model", directory])
+    assert directory in message and "--dataset" in message
 
 
 def test_bad_options_are_errors(run):
@@ -289,11 +297,6 @@ def test_split_resolution():
     assert evaluate.resolve_splits(None, "wflw", wflw)[1] == ["test", "test_pose", "test_blur"]
     with pytest.raises(evaluate.EvalError, match="has no split 'full'"):
         evaluate.resolve_splits(["common", "full"], "w300", ["common", "challenging"])
-
-
-def test_names_survive_the_trip_between_processes():
-    names = ["WFLW_images/51--Dancing/51_Dancing_Dancing_51_x.jpg#0", "héllo", ""]
-    assert eval_loop._decode_names(eval_loop._encode_names(names)) == names
 
 
 def test_best_is_the_kept_checkpoint_with_the_lowest_validation_nme(run):

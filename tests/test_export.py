@@ -18,7 +18,7 @@ import jax
 
 from asmnet_jax import export as export_lib
 from asmnet_jax.cli import export as export_cli
-from asmnet_jax.checkpoints import save_model
+from asmnet_jax.model_dir import save_model
 from asmnet_jax.models import HEADS, create_model
 
 from _variables import random_variables

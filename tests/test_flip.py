@@ -8,6 +8,8 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from asmnet_jax.models import build_model
+from asmnet_jax import mesh as mesh_lib
 from asmnet_jax import landmarks as lm
 from asmnet_jax import steps as steps_lib
 from asmnet_jax import train
@@ -20,10 +22,10 @@ def test_flip_averaging_equals_the_direct_computation(tiny_run, num_landmarks):
     # model differs only in its landmark head, which is replaced anyway.
     config = tiny_config(num_landmarks=num_landmarks)
     size, count = config.input_size, config.batch_size
-    model = train.build_model(config, bn_axis_name=steps_lib.DATA_AXIS)
+    model = build_model(config, bn_axis_name=mesh_lib.DATA_AXIS)
     _, optimizer = train.schedule_and_optimizer(tiny_config().optimizer, 4, 12)
-    init = steps_lib.create_train_state(train.build_model(tiny_config(),
-                                                          bn_axis_name=steps_lib.DATA_AXIS),
+    init = steps_lib.create_train_state(build_model(tiny_config(),
+                                                          bn_axis_name=mesh_lib.DATA_AXIS),
                                         optimizer, jax.random.key(0), size)
     # Heads with large outputs, so that a wrong permutation or sign cannot hide in rounding.
     params = jax.device_get(init.params)
@@ -37,9 +39,9 @@ def test_flip_averaging_equals_the_direct_computation(tiny_run, num_landmarks):
     variables = {"params": params, "batch_stats": jax.device_get(init.batch_stats)}
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
-    mesh = steps_lib.make_mesh(jax.local_devices()[:1])
-    batch = {"image": jax.device_put(images, steps_lib.batch_sharding(mesh))}
-    replicated = steps_lib.replicate(variables, mesh)
+    mesh = mesh_lib.make_mesh(jax.local_devices()[:1])
+    batch = {"image": jax.device_put(images, mesh_lib.batch_sharding(mesh))}
+    replicated = mesh_lib.replicate(variables, mesh)
     flipped = steps_lib.compile_eval_step(model, mesh, flip=True)(replicated, batch)
 
     unit = images.astype(np.float32) / 255

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import jax  # noqa: E402
 
 from asmnet_jax import init as init_lib  # noqa: E402
-from asmnet_jax.checkpoints import save_model  # noqa: E402
+from asmnet_jax.model_dir import save_model  # noqa: E402
 from asmnet_jax.models import BN_EPSILON, MobileNetV2Backbone, create_model  # noqa: E402
 
 from _variables import random_variables  # noqa: E402

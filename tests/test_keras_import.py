@@ -21,7 +21,7 @@ tf_keras = pytest.importorskip("tf_keras")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from asmnet_jax.checkpoints import load_model, read_model_info  # noqa: E402
+from asmnet_jax.model_dir import load_model, read_model_info  # noqa: E402
 from asmnet_jax.cli.import_keras import main  # noqa: E402
 from asmnet_jax.keras_import import load_keras_h5  # noqa: E402
 from asmnet_jax.landmarks import authors_to_model_landmarks, authors_to_model_pose  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 
 import jax
 
-from asmnet_jax import checkpoints, inference
+from asmnet_jax import inference, model_dir
 from asmnet_jax.models import create_model
 
 from _variables import random_variables
@@ -23,12 +23,12 @@ def _variables(name="asmnet", num_landmarks=68, seed=0):
 
 def test_compact_float16_model_directory_round_trip(tmp_path):
     variables = _variables()
-    directory = checkpoints.save_model(tmp_path / "m", "asmnet", 68, variables, compact=True,
+    directory = model_dir.save_model(tmp_path / "m", "asmnet", 68, variables, compact=True,
                                        dtype=np.float16,
                                        extra={"input_range": "signed", "input_size": 96})
-    assert os.path.isfile(os.path.join(directory, checkpoints.VARIABLES_NPZ))
-    assert not os.path.exists(os.path.join(directory, checkpoints.VARIABLES_DIR))
-    model, loaded = checkpoints.load_model(directory)
+    assert os.path.isfile(os.path.join(directory, model_dir.VARIABLES_NPZ))
+    assert not os.path.exists(os.path.join(directory, model_dir.VARIABLES_DIR))
+    model, loaded = model_dir.load_model(directory)
     assert model.input_range == "signed"
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(loaded),
                                  jax.tree_util.tree_leaves(variables)):
@@ -39,17 +39,17 @@ def test_compact_float16_model_directory_round_trip(tmp_path):
 
 
 def test_compact_directory_of_another_model_is_refused(tmp_path):
-    checkpoints.save_model(tmp_path / "m", "asmnet", 98, _variables("asmnet", 98), compact=True)
-    info_path = tmp_path / "m" / checkpoints.MODEL_JSON
+    model_dir.save_model(tmp_path / "m", "asmnet", 98, _variables("asmnet", 98), compact=True)
+    info_path = tmp_path / "m" / model_dir.MODEL_JSON
     info = json.loads(info_path.read_text())
     info["num_landmarks"] = 68
     info_path.write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"variables\.npz: variables do not fit asmnet with 68"):
-        checkpoints.load_model(tmp_path / "m")
+        model_dir.load_model(tmp_path / "m")
 
 
 def test_shipped_models_are_found_by_name(tmp_path, monkeypatch):
-    checkpoints.save_model(tmp_path / "pretrained" / "tiny-68", "asmnet", 68, _variables(),
+    model_dir.save_model(tmp_path / "pretrained" / "tiny-68", "asmnet", 68, _variables(),
                            compact=True, dtype=np.float16)
     monkeypatch.setattr(inference, "PRETRAINED_DIR", str(tmp_path / "pretrained"))
     monkeypatch.chdir(tmp_path)
@@ -66,7 +66,7 @@ def test_the_package_ships_its_default_model_small_and_described():
     size = sum(os.path.getsize(os.path.join(root, name))
                for root, _, names in os.walk(directory) for name in names)
     assert size < 4 * 2 ** 20
-    info = checkpoints.read_model_info(directory)
+    info = model_dir.read_model_info(directory)
     for key in ("dataset", "input_size", "margin", "input_range", "validation", "command"):
         assert key in info, key
     loaded = inference.load(inference.DEFAULT_MODEL)

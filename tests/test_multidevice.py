@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from _batches import random_batch_and_shape_model
     from asmnet_jax.models import ASMNet
-    from asmnet_jax import steps
+    from asmnet_jax import mesh as mesh_lib, steps
 
     assert jax.device_count() == 4 and jax.config.jax_enable_x64
     rng = np.random.default_rng(0)
@@ -33,12 +33,12 @@ SCRIPT = textwrap.dedent("""
     settings = steps.LossSettings(total_epochs=3, steps_per_epoch=10, head_l2_weight=0.01)
     results = []
     for n in (1, 4):
-        mesh = steps.make_mesh(jax.devices()[:n])
+        mesh = mesh_lib.make_mesh(jax.devices()[:n])
         state = steps.create_train_state(model, optimizer, jax.random.key(0), S)
-        state = steps.replicate(state, mesh)
+        state = mesh_lib.replicate(state, mesh)
         step = steps.compile_train_step(model, optimizer, settings, mesh)
-        device_batch = {k: jax.device_put(v, steps.batch_sharding(mesh)) for k, v in batch.items()}
-        state, metrics = step(state, device_batch, steps.replicate(shape_model, mesh))
+        device_batch = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh)) for k, v in batch.items()}
+        state, metrics = step(state, device_batch, mesh_lib.replicate(shape_model, mesh))
         results.append((jax.device_get(state), float(metrics["total"])))
 
     def max_diff(a, b):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from asmnet_jax.data import crop, sources
 from asmnet_jax import landmarks as lm
 from asmnet_jax.data import augment as aug
 from asmnet_jax.data import pipeline
@@ -87,48 +88,38 @@ def test_processes_read_disjoint_parts_of_the_global_batch():
         pipeline.train_dataset(source, _config(batch_size=7), 0, 2)
 
 
-def test_eval_reads_every_record_once_and_masks_the_padding():
-    source = FakeSource(10)
-    dataset = pipeline.eval_dataset(source, _config(batch_size=4))
-    batches = [dataset[k] for k in range(len(dataset))]
-    assert len(batches) == 3
-    masks = np.concatenate([b["mask"] for b in batches])
-    indices = np.concatenate([b["index"] for b in batches])
-    assert masks.tolist() == [1.0] * 10 + [0.0] * 2
-    assert indices[masks == 1].tolist() == list(range(10))
-
-
-def test_eval_landmarks_follow_the_base_crop_in_model_units():
+def test_base_labels_follow_the_base_crop_in_model_units():
     source = FakeSource(2)
-    config = _config(batch_size=2, margin=0.25)
-    batch = pipeline.eval_dataset(source, config)[0]
+    shapes, poses = crop.base_labels(source, 0.25, SIZE)
     example = source[0]
-    matrix = pipeline.base_matrix(example["box"], 0.25, SIZE)
+    matrix = crop.base_matrix(example["box"], 0.25, SIZE)
     # Box [20, 60] grown to [10, 70] (edges, continuous coordinates) maps onto [-0.5, 63.5].
     expected_px = (example["landmarks"] - 10.0) * SIZE / 60.0 - 0.5
     np.testing.assert_allclose(matrix[:, :2], np.eye(2) * SIZE / 60.0, rtol=1e-6)
-    np.testing.assert_allclose(batch["landmarks"][0], lm.pixels_to_model(expected_px, SIZE),
-                               atol=1e-5)
-    np.testing.assert_allclose(batch["pose"][0], np.deg2rad(example["pose"]), rtol=1e-6)
+    np.testing.assert_allclose(shapes[0], lm.pixels_to_model(expected_px, SIZE), atol=1e-5)
+    np.testing.assert_allclose(poses[0], np.deg2rad(example["pose"]), rtol=1e-6)
+    assert shapes.shape == (2, 2 * N) and poses.shape == (2, 3)
 
 
-def test_augmentation_off_equals_eval():
+def test_augmentation_off_is_the_base_crop():
     source = FakeSource(4)
     off = aug.AugmentConfig(enabled=False)
     train = pipeline.train_dataset(source, _config(augment=off))[0]
-    evaluation = pipeline.eval_dataset(source, _config())
-    by_index = {int(i): (b, r) for b in (evaluation[0],) for r, i in enumerate(b["index"])}
+    shapes, _ = crop.base_labels(source, 0.1, SIZE)
     for row, index in enumerate(train["index"]):
-        b, r = by_index[int(index)]
-        np.testing.assert_array_equal(train["image"][row], b["image"][r])
-        np.testing.assert_allclose(train["landmarks"][row], b["landmarks"][r], atol=1e-6)
+        example = source[int(index)]
+        image, _, _, _ = aug.eval_transform(example["image"], example["landmarks"],
+                                            example["pose"],
+                                            crop.base_matrix(example["box"], 0.1, SIZE), SIZE)
+        np.testing.assert_array_equal(train["image"][row], image)
+        np.testing.assert_allclose(train["landmarks"][row], shapes[int(index)], atol=1e-6)
 
 
 def test_wrong_landmark_count_names_the_example():
     source = FakeSource(4)
-    with pytest.raises(ValueError, match="face0"):
-        pipeline.eval_dataset(source, pipeline.PipelineConfig(
-            batch_size=2, input_size=SIZE, num_landmarks=98))[0]
+    with pytest.raises(ValueError, match=r"example b?'face\d' has landmarks of shape"):
+        pipeline.train_dataset(source, pipeline.PipelineConfig(
+            batch_size=2, input_size=SIZE, num_landmarks=98, seed=0))[0]
     with pytest.raises(ValueError, match="multiple of 32"):
         pipeline.PipelineConfig(input_size=100)
 
@@ -143,7 +134,7 @@ def test_worker_processes_give_the_same_batches():
 
 
 def test_synthetic_source_is_indexable_and_deterministic():
-    source = pipeline.SyntheticSource(5, seed=7)
+    source = sources.SyntheticSource(5, seed=7)
     a, b = source[3], source[3]
     np.testing.assert_array_equal(a["image"], b["image"])
     assert a["landmarks"].shape == (68, 2) and a["box"].shape == (3,)
@@ -154,7 +145,7 @@ def test_synthetic_source_is_indexable_and_deterministic():
 def test_device_batch_shards_along_the_data_axis():
     import jax
 
-    from asmnet_jax.steps import batch_sharding, make_mesh
+    from asmnet_jax.mesh import batch_sharding, make_mesh
 
     mesh = make_mesh(jax.devices()[:1])
     batch = pipeline.train_dataset(FakeSource(4), _config())[0]

@@ -68,7 +68,7 @@ LANDMARKS_LATEST = np.full(2 * N, 0.25, np.float32)  # the workdir's newest (not
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A model directory as asmnet-import-keras writes one (project coordinates), 64 px."""
-    from asmnet_jax.checkpoints import save_model
+    from asmnet_jax.model_dir import save_model
 
     path = tmp_path_factory.mktemp("model") / "imported"
     save_model(path, "asmnet", N, _variables(LANDMARKS, POSE),
@@ -156,7 +156,7 @@ def test_the_crop_is_the_training_crop_and_downscaling_keeps_the_mapping():
     image[::2] = 255  # one-pixel stripes: aliasing would show as a grey level far from the mean
     face_box = crop.SquareBox(200.0, 210.0, 240.0)
     out, matrix = P.crop_for_model(image, face_box, 32, 0.1)
-    np.testing.assert_allclose(matrix, pipeline.base_matrix(face_box, 0.1, 32))
+    np.testing.assert_allclose(matrix, crop.base_matrix(face_box, 0.1, 32))
     assert abs(float(out[4:28, 4:28].mean()) - 127.5) < 3 and out[4:28, 4:28].std() < 6
     small, _ = P.crop_for_model(image, crop.SquareBox(200.0, 200.0, 30.0), 32, 0.1)
     assert small.shape == (32, 32, 3)

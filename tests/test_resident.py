@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from asmnet_jax import evaluation
 from asmnet_jax import landmarks as lm
-from asmnet_jax import steps as steps_lib
+from asmnet_jax import mesh as mesh_lib
+from asmnet_jax.data import augment, crop, inputs, resident, sources
 from asmnet_jax.data import device_augment as dev_aug
-from asmnet_jax.data import pipeline, resident
 from asmnet_jax.data.augment import AugmentConfig
 from asmnet_jax.data.errors import DataError
 from asmnet_jax.models import ASMNet
@@ -29,23 +30,23 @@ COUNT = 10
 
 @pytest.fixture(scope="module")
 def source():
-    return pipeline.synthetic_split("train", COUNT, 0, 68, S, in_memory=True)
+    return sources.synthetic_split("train", COUNT, 0, 68, S, in_memory=True)
 
 
 @pytest.fixture(scope="module")
 def arrays(source):
-    return resident.arrays_from_source(source, 68)
+    return sources.arrays_from_source(source, 68)
 
 
 def test_a_split_round_trips_through_its_npz_export(source, arrays, tmp_path):
     store = np.asarray(source[0]["image"]).shape
     assert arrays.image.shape == (COUNT, *store) and arrays.image.dtype == np.uint8
-    path = resident.npz_path(str(tmp_path), "synthetic", "train")
-    resident.save_npz(arrays, path)
-    back = resident.load_npz(path, 68)
-    for key in resident.ARRAY_KEYS:
+    path = sources.npz_path(str(tmp_path), "synthetic", "train")
+    sources.save_npz(arrays, path)
+    back = sources.load_npz(path, 68)
+    for key in sources.ARRAY_KEYS:
         np.testing.assert_array_equal(getattr(back, key), getattr(arrays, key))
-    example = resident.ArraySource(back)[3]
+    example = sources.ArraySource(back)[3]
     np.testing.assert_array_equal(example["image"], source[3]["image"])
     np.testing.assert_array_equal(example["landmarks"], source[3]["landmarks"])
     np.testing.assert_array_equal(example["box"], source[3]["box"])
@@ -54,28 +55,28 @@ def test_a_split_round_trips_through_its_npz_export(source, arrays, tmp_path):
 
 def test_bad_exports_are_named(arrays, tmp_path):
     with pytest.raises(DataError, match="nope.npz: no such file"):
-        resident.load_npz(str(tmp_path / "nope.npz"), 68)
+        sources.load_npz(str(tmp_path / "nope.npz"), 68)
     good = str(tmp_path / "good.npz")
-    resident.save_npz(arrays, good)
+    sources.save_npz(arrays, good)
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(open(good, "rb").read()[:5000])
     with pytest.raises(DataError, match="truncated.npz: not a readable .npz file"):
-        resident.load_npz(str(truncated), 68)
+        sources.load_npz(str(truncated), 68)
     partial = str(tmp_path / "partial.npz")
     np.savez(partial, image=arrays.image)
     with pytest.raises(DataError, match=r"partial.npz: missing arrays \['landmarks', 'pose'"):
-        resident.load_npz(partial, 68)
+        sources.load_npz(partial, 68)
     with pytest.raises(DataError, match=r"good.npz: array 'landmarks' is float32 \(10, 68, 2\), "
                                         r"expected \(N, 98, 2\)"):
-        resident.load_npz(good, 98)
+        sources.load_npz(good, 98)
 
 
 def test_crops_of_another_size_are_named(source):
     odd = dict(source[1], image=np.zeros((20, 20, 3), np.uint8), name="odd/one")
-    mixed = pipeline.InMemorySource([source[0], odd])
+    mixed = sources.InMemorySource([source[0], odd])
     with pytest.raises(DataError, match=r"'odd/one' has an image of shape \(20, 20, 3\).*"
                                         r"config.input='host'"):
-        resident.arrays_from_source(mixed, 68, "the training split")
+        sources.arrays_from_source(mixed, 68, "the training split")
 
 
 def test_shards_are_completed_from_the_start_of_the_set():
@@ -105,17 +106,17 @@ def test_each_device_visits_its_shard_once_per_epoch_in_a_new_order():
 
 
 def _on_one_device(fn, *args):
-    mesh = steps_lib.make_mesh(jax.devices()[:1])
-    in_specs = tuple(P(steps_lib.DATA_AXIS) if isinstance(a, dict) else P() for a in args)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    in_specs = tuple(P(mesh_lib.DATA_AXIS) if isinstance(a, dict) else P() for a in args)
     return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
-                                 out_specs=P(steps_lib.DATA_AXIS)))(*args), mesh
+                                 out_specs=P(mesh_lib.DATA_AXIS)))(*args), mesh
 
 
 def test_a_step_cuts_the_drawn_augmentation_of_its_records(arrays):
     config = AugmentConfig()
     spec = resident.ResidentSpec(local_batch=4, steps_per_epoch=2, input_size=S, augment=config)
     key = jax.random.key(5)
-    mesh = steps_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     data = resident.place(arrays, 0.1, S, mesh)
     step = 7
     batch, _ = _on_one_device(lambda d, k: resident.train_batch(d, k, spec, key), data,
@@ -133,28 +134,29 @@ def test_a_step_cuts_the_drawn_augmentation_of_its_records(arrays):
     np.testing.assert_array_equal(np.asarray(batch["mask"]), np.ones(4))
     # The base matrices are the host pipeline's.
     for i in range(COUNT):
-        np.testing.assert_allclose(matrices[i], pipeline.base_matrix(arrays.box[i], 0.1, S),
+        np.testing.assert_allclose(matrices[i], crop.base_matrix(arrays.box[i], 0.1, S),
                                    rtol=1e-6, atol=1e-4)
 
 
 def test_resident_evaluation_crops_are_the_host_evaluation_crops(source, arrays):
     """The host rounds its crops to bytes (OpenCV 5 interpolates in floating point, then rounds):
     the two may differ by that rounding, <= 0.5 grey levels, plus float32 coordinate error."""
-    host = pipeline.eval_dataset(source, pipeline.PipelineConfig(batch_size=COUNT,
-                                                                 input_size=S))[0]
-    mesh = steps_lib.make_mesh(jax.devices()[:1])
+    host = {"image": np.stack([augment.eval_transform(
+        arrays.image[i], arrays.landmarks[i], arrays.pose[i],
+        crop.base_matrix(arrays.box[i], 0.1, S), S)[0] for i in range(COUNT)])}
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     data = resident.place(arrays, 0.1, S, mesh)
     crops = np.asarray(resident.eval_images(data, S)) * 255.0
     assert np.max(np.abs(crops - host["image"].astype(np.float64))) <= 0.5 + 1e-2
 
 
 def test_the_resident_evaluation_predicts_every_record_in_order(arrays):
-    model = ASMNet(num_landmarks=68, bn_axis_name=steps_lib.DATA_AXIS)
+    model = ASMNet(num_landmarks=68, bn_axis_name=mesh_lib.DATA_AXIS)
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, S, S, 3)))
-    mesh = steps_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     data = resident.place(arrays, 0.1, S, mesh)
     # Chunks of 4 over 10 records: the last chunk wraps around; the output has each record once.
-    out = steps_lib.compile_resident_eval(model, mesh, S, 4)(variables, data)
+    out = evaluation.compile_predict(model, mesh, S, 4)(variables, data)
     images = resident.eval_images(data, S)
     expected = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     expected = {"landmarks": expected[0], "pose": expected[1]}
@@ -165,11 +167,11 @@ def test_the_resident_evaluation_predicts_every_record_in_order(arrays):
 
 
 def test_auto_keeps_a_set_on_the_device_when_a_shard_fits():
-    assert resident.fits(100, 1, 400)
-    assert not resident.fits(101, 1, 400)
-    assert resident.fits(800, 8, 400)       # 100 bytes a shard
-    assert not resident.fits(1, 1, None)     # unknown memory: the host path
-    assert resident.device_memory_bytes() > 0
+    assert inputs.fits(100, 1, 400)
+    assert not inputs.fits(101, 1, 400)
+    assert inputs.fits(800, 8, 400)       # 100 bytes a shard
+    assert not inputs.fits(1, 1, None)     # unknown memory: the host path
+    assert mesh_lib.device_memory_bytes() > 0
 
 
 NO_HOST_LIBRARIES = textwrap.dedent("""
@@ -194,9 +196,9 @@ def test_training_from_an_export_needs_no_opencv_grain_or_tensorflow(tmp_path):
     exports = tmp_path / "exports"
     for split, count in (("train", TINY["synthetic.train"]),
                          ("validation", TINY["synthetic.validation"])):
-        faces = pipeline.synthetic_split(split, count, 0, 68, TINY["input_size"], in_memory=True)
-        resident.save_npz(resident.arrays_from_source(faces, 68),
-                          resident.npz_path(str(exports), "w300", split))
+        faces = sources.synthetic_split(split, count, 0, 68, TINY["input_size"], in_memory=True)
+        sources.save_npz(sources.arrays_from_source(faces, 68),
+                          sources.npz_path(str(exports), "w300", split))
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [tests, os.environ.get("PYTHONPATH")])), JAX_PLATFORMS="cpu")

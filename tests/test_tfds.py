@@ -6,6 +6,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 cv2 = pytest.importorskip("cv2")
 
+from asmnet_jax.data import crop
+from asmnet_jax.data import sources
 from asmnet_jax.data import examples, synthetic, tfds_builders  # noqa: E402
 from asmnet_jax.data.errors import DataError  # noqa: E402
 
@@ -73,7 +75,7 @@ def test_the_build_command_exports_every_split_as_npz(built_300w, tmp_path, caps
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line["npz"]) == set(line["splits"])
     source = tfds_builders.data_source("w300", "common", data_dir=data_dir)
-    arrays = resident.load_npz(line["npz"]["common"], 68)
+    arrays = sources.load_npz(line["npz"]["common"], 68)
     assert len(arrays) == len(source) == 1
     np.testing.assert_array_equal(arrays.image[0], source[0]["image"])
     np.testing.assert_array_equal(arrays.landmarks[0], source[0]["landmarks"])

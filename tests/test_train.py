@@ -16,18 +16,18 @@ import jax
 import numpy as np
 import pytest
 
-from asmnet_jax import train
+from asmnet_jax.models import build_model
+from asmnet_jax import mesh as mesh_lib
+from asmnet_jax import config_base, run_dir, train
+from asmnet_jax.data import resident
 from asmnet_jax.config_base import base_config
 from conftest import tiny_config, tiny_flags
 
 
 def _params(workdir):
-    ckpt = train.Checkpoints(os.path.join(workdir, "checkpoints"), 2)
-    try:
-        state, meta = ckpt.read()
-        return meta["step"], state
-    finally:
-        ckpt.close()
+    step, state, meta = run_dir.read_checkpoint(workdir, which="latest")
+    assert meta["step"] == step
+    return step, state
 
 
 def _max_difference(a, b):
@@ -83,17 +83,17 @@ def test_bad_config_values_name_the_key(key, value, message):
     for parent in parents:
         target = target[parent]
     target[leaf] = value
-    with pytest.raises(train.ConfigError, match=message):
-        train.check_config(c)
+    with pytest.raises(config_base.ConfigError, match=message):
+        config_base.check_config(c)
 
 
 def test_unknown_config_key_is_rejected():
     c = tiny_config()
     c.unlock()
     c.learning_rate = 0.1  # belongs under optimizer
-    with pytest.raises(train.ConfigError, match=r"^unknown config key config.learning_rate; "
+    with pytest.raises(config_base.ConfigError, match=r"^unknown config key config.learning_rate; "
                        r"did you mean config.optimizer.learning_rate\?$"):
-        train.check_config(c)
+        config_base.check_config(c)
 
 
 @pytest.mark.parametrize("name,meant", [
@@ -185,9 +185,9 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(uninterrupted, t
     # The run's own model, optimizer and init program (kept by the process: nothing recompiles).
     _, optimizer = train.schedule_and_optimizer(tiny_config().optimizer, 4, 12)
     template = train.steps_lib.with_ema(train.steps_lib.create_train_state(
-        train.build_model(tiny_config(), bn_axis_name=train.steps_lib.DATA_AXIS), optimizer,
+        build_model(tiny_config(), bn_axis_name=mesh_lib.DATA_AXIS), optimizer,
         jax.random.key(0), 32))
-    ckpt = train.Checkpoints(checkpoints, 2)
+    ckpt = run_dir.Checkpoints(os.path.dirname(checkpoints), 2)
     try:
         state, meta = ckpt.restore_latest(jax.tree_util.tree_map(
             train.ocp.utils.to_shape_dtype_struct, template))
@@ -208,22 +208,18 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupt
     # The run resumes at step 8 with the same compiled programs (a huge learning rate would
     # compile new ones), its resident faces carrying NaN landmarks: step 9's loss is NaN, and
     # the check on the next logging step (10) stops the run.
-    place = train.resident.place
+    place = resident.place
 
     def poisoned(arrays, *args):
         arrays = dataclasses.replace(arrays, landmarks=np.full_like(arrays.landmarks, np.nan))
         return place(arrays, *args)
 
-    monkeypatch.setattr(train.resident, "place", poisoned)
+    monkeypatch.setattr(resident, "place", poisoned)
     with pytest.raises(train.TrainingDiverged, match="loss became nan .* at step 10"):
         train.train_and_evaluate(tiny_config(), workdir)
     step, state = _params(workdir)
     assert step == 8
-    ckpt = train.Checkpoints(os.path.join(uninterrupted[0], "checkpoints"), 2)
-    try:
-        reference, _ = ckpt.read(8)
-    finally:
-        ckpt.close()
+    _, reference, _ = run_dir.read_checkpoint(uninterrupted[0], step=8)
     assert _max_difference(state["params"], reference["params"]) == 0.0
 
 
@@ -285,7 +281,7 @@ def test_every_config_file_is_valid(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    train.check_config(config)
+    config_base.check_config(config)
     assert config.model == ("mnv2" if name.startswith("mnv2") else "asmnet")
     assert config.asm_loss == (not name.startswith("mnv2"))
 
@@ -308,7 +304,7 @@ def _warm_start(source, workdir, caplog, num_landmarks):
     # What the run would have started from without the warm start (the run's own programs).
     _, optimizer = train.schedule_and_optimizer(config.optimizer, 4, 12)
     fresh = train.steps_lib.create_train_state(
-        train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS), optimizer,
+        build_model(config, bn_axis_name=mesh_lib.DATA_AXIS), optimizer,
         jax.random.key(1), 32)
     return state, saved, fresh.params
 
@@ -373,18 +369,19 @@ def test_the_loop_stops_the_device_only_to_log_evaluate_or_save():
 def test_the_best_checkpoint_survives_a_restart(tmp_path):
     """BestN must know the metrics of checkpoints saved before a restart, or it deletes the best."""
     state = {"w": np.ones(3, np.float32)}
-    directory = str(tmp_path / "checkpoints")
-    ckpt = train.Checkpoints(directory, keep=2)
+    directory = str(tmp_path)
+    ckpt = run_dir.Checkpoints(directory, keep=2)
     for step, nme in ((1, 5.0), (2, 1.0), (3, 4.0)):
         ckpt.save(state, {"step": step, "val_nme": nme}, nme)
     ckpt.close()
-    ckpt = train.Checkpoints(directory, keep=2)   # a resumed run
+    ckpt = run_dir.Checkpoints(directory, keep=2)   # a resumed run
     for step, nme in ((4, 3.0), (5, 3.5)):
         ckpt.save(state, {"step": step, "val_nme": nme}, nme)
     ckpt.wait()   # saves are written in the background
-    assert sorted(ckpt.manager.all_steps()) == [2, 4, 5]
-    assert ckpt.manager.best_step() == 2
+    assert ckpt.steps() == [2, 4, 5]
+    assert ckpt.best_step() == 2
     ckpt.close()
+    assert run_dir.read_checkpoint(directory)[0] == 2   # what evaluation reads as "best"
 
 
 def test_a_save_returns_while_its_files_are_still_being_written(tmp_path):
@@ -392,7 +389,7 @@ def test_a_save_returns_while_its_files_are_still_being_written(tmp_path):
     save would return with nothing in progress. 64 MB take far longer to write than the check
     right after save() returns."""
     state = {"w": np.ones((4, 4096, 1024), np.float32)}
-    ckpt = train.Checkpoints(str(tmp_path / "checkpoints"), keep=2)
+    ckpt = run_dir.Checkpoints(str(tmp_path), keep=2)
     ckpt.save(state, {"step": 1}, 1.0)
     in_progress = ckpt.manager.is_saving_in_progress()
     ckpt.wait()
@@ -435,9 +432,9 @@ def test_equal_settings_reuse_the_compiled_programs():
     assert train.schedule_and_optimizer(config.optimizer, 4, 16)[1] is not optimizer
     other = tiny_config(**{"optimizer.learning_rate": 5e-4}).optimizer
     assert train.schedule_and_optimizer(other, 4, 12)[1] is not optimizer
-    mesh = train.steps_lib.make_mesh()
-    model = train.build_model(config, bn_axis_name=train.steps_lib.DATA_AXIS)
-    same_model = train.build_model(tiny_config(), bn_axis_name=train.steps_lib.DATA_AXIS)
+    mesh = mesh_lib.make_mesh()
+    model = build_model(config, bn_axis_name=mesh_lib.DATA_AXIS)
+    same_model = build_model(tiny_config(), bn_axis_name=mesh_lib.DATA_AXIS)
     settings = train.steps_lib.LossSettings(total_epochs=3, steps_per_epoch=4)
     step = train.steps_lib.compile_train_step(model, optimizer, settings, mesh)
     assert train.steps_lib.compile_train_step(same_model, optimizer, settings, mesh) is step

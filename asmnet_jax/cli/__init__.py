@@ -16,6 +16,8 @@ each written once here:
   :func:`load_model`;
 * every output folder is ``--out``, every batch ``--batch-size``: :func:`add_out_argument`,
   :func:`add_batch_size_argument`; flags are never abbreviated: :func:`make_parser`;
+* an output folder that is a file (or lies under one) is refused before any work, naming the flag:
+  :func:`check_output_dir`;
 * the logs of JAX, orbax, TensorFlow, ... are quieted the same way: :func:`quiet_logs`;
 * errors: :func:`run` prints the project's own errors (:class:`asmnet_jax.errors.AsmnetError`) and
   ``FileNotFoundError`` as one line ``PROG: error: MESSAGE`` and returns exit status 1; usage errors
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -87,6 +90,36 @@ def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, help:
     """Adds ``--batch-size N`` (checked by the command: each has its own constraint)."""
     parser.add_argument("--batch-size", type=int, default=default, metavar="N",
                         help=f"{help} (default {default})")
+
+
+def output_dir_problem(flag: str, path: str) -> Optional[str]:
+    """Why ``path``, a folder the command creates or writes into, cannot be one: it is a file, or
+    lies under one (``FILE/sub``); it cannot be created or written for lack of permission. The
+    message starts with ``flag`` and the path. None when it can."""
+    if not path:
+        return f"{flag}: an empty path; name a folder"
+    absolute = os.path.abspath(path)
+    existing = absolute
+    while not os.path.lexists(existing):  # lexists: a dangling link is there, and in the way
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "a file" if os.path.isfile(existing) else "not a folder"
+        if existing == absolute:
+            return f"{flag}: {path} is {what}; name a folder"
+        return f"{flag}: {path}: {existing} is {what}, so no folder can be made under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == absolute:
+            return f"{flag}: {path}: no permission to write in this folder"
+        return f"{flag}: {path}: no permission to create it in {existing}"
+    return None
+
+
+def check_output_dir(flag: str, path: str) -> None:
+    """Raises :class:`asmnet_jax.errors.AsmnetError` (one line, status 1 under :func:`run`) when
+    ``path`` cannot be the output folder of ``flag`` (:func:`output_dir_problem`)."""
+    problem = output_dir_problem(flag, path)
+    if problem:
+        raise AsmnetError(problem)
 
 
 def load_model(args: argparse.Namespace, **model_kwargs):

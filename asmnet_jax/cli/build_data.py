@@ -5,7 +5,7 @@
     asmnet-build-data w300 --manual-dir /path/to/300W --npz exports   # + exports/w300/SPLIT.npz
 
 ``--npz DIR`` also writes every split as a portable ``DIR/NAME/SPLIT.npz`` (the stored crops and
-labels as NumPy arrays, :mod:`asmnet_jax.data.resident`): training reads them with
+labels as NumPy arrays, :mod:`asmnet_jax.data.sources`): training reads them with
 ``--config.arrays_dir=DIR`` on a machine without TensorFlow.
 
 Prints one JSON line: dataset, builder config, data directory, the faces per split and the
@@ -49,14 +49,14 @@ def _build(args: argparse.Namespace) -> int:
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     exported = {}
     if args.npz:
-        from asmnet_jax.data import resident
+        from asmnet_jax.data import sources
 
         num_landmarks = builder.info.features["landmarks"].shape[0]
         for split in splits:
-            path = resident.npz_path(args.npz, args.name, split)
-            arrays = resident.arrays_from_source(builder.as_data_source(split=split),
+            path = sources.npz_path(args.npz, args.name, split)
+            arrays = sources.arrays_from_source(builder.as_data_source(split=split),
                                                  num_landmarks, f"{args.name} split {split}")
-            resident.save_npz(arrays, path)
+            sources.save_npz(arrays, path)
             exported[split] = path
     print(json.dumps({"dataset": args.name, "config": builder.builder_config.name,
                       "data_dir": str(builder.data_dir), "splits": splits, "npz": exported}))

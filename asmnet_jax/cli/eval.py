@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from asmnet_jax import metrics
 from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_out_argument,
-                            load_model, make_parser, quiet_logs, run)
+                            check_output_dir, load_model, make_parser, quiet_logs, run)
+from asmnet_jax.errors import EvalError
 from asmnet_jax.evaluate import DATASETS, DEFAULT_BATCH_SIZE
 from asmnet_jax.reports import GRID_FACES
 
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="NME normaliser of the headline numbers (default inter_ocular; "
                              "98-point data also reports inter-ocular and inter-pupil)")
     parser.add_argument("--threshold", type=float, default=metrics.DEFAULT_THRESHOLD,
-                        help="failure / AUC threshold on the NME, a fraction (default 0.1)")
+                        help="failure / AUC threshold on the NME, a fraction in (0, 1] "
+                             "(default 0.1: 10 %% of the normaliser)")
     parser.add_argument("--grid", type=int, default=GRID_FACES,
                         help=f"faces in predictions.png (default {GRID_FACES}; 0: none)")
     parser.add_argument("--flip", action="store_true",
@@ -62,13 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuses option values out of range before any work (the model is not loaded yet):
+    :class:`EvalError`, one line and exit status 1 like the other bad values."""
+    threshold = args.threshold
+    if not (math.isfinite(threshold) and 0 < threshold <= 1):
+        hint = f" (for {threshold:g} %, write {threshold / 100:g})" if 1 < threshold <= 100 else ""
+        raise EvalError(f"--threshold {threshold:g} is not in (0, 1]: the threshold is a fraction "
+                        f"of the normaliser{hint}")
+    if args.out is not None:
+        check_output_dir("--out", args.out)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from asmnet_jax.evaluate import evaluate_checkpoint
 
+    check_options(args)
     output = evaluate_checkpoint(
         load_model(args), dataset=args.dataset, splits=args.split, data_dir=args.data_dir,
-        tfds_config=args.tfds_config, arrays_dir=args.arrays_dir, normaliser=args.normaliser, threshold=args.threshold,
-        batch_size=args.batch_size, out=args.out, grid_faces=args.grid, flip=args.flip)
+        tfds_config=args.tfds_config, arrays_dir=args.arrays_dir, normaliser=args.normaliser,
+        threshold=args.threshold, batch_size=args.batch_size, out=args.out, grid_faces=args.grid, flip=args.flip)
     print(output.pop("report"))
     print(json.dumps(output))
     return 0

@@ -3,7 +3,7 @@
     asmnet-import-keras ASMNet_300W.h5 --out models/authors_300w
 
 Reads the file with :func:`asmnet_jax.keras_import.load_keras_h5`, writes the model directory with
-:func:`asmnet_jax.checkpoints.save_model` and prints one JSON line (model, num_landmarks,
+:func:`asmnet_jax.model_dir.save_model` and prints one JSON line (model, num_landmarks,
 parameter counts, coordinates, output directory).
 """
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from asmnet_jax.checkpoints import save_model
+    from asmnet_jax.model_dir import save_model
     from asmnet_jax.keras_import import load_keras_h5
     from asmnet_jax.models import MODELS, count_parameters
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_out_argument,
-                            load_model, make_parser, run)
+                            check_output_dir, load_model, make_parser, run)
 from asmnet_jax.inference import DEFAULT_MODEL
-from asmnet_jax.detection import AUTO_ORDER, DETECTORS
+from asmnet_jax.detection import AUTO_ORDER, DETECTORS, choose_detector
+from asmnet_jax.errors import PredictError
 from asmnet_jax.predict import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, predict_files
 
 PROG = "asmnet-predict"
@@ -53,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="face detector for images without given boxes: auto, none, or one of "
                              + ", ".join(sorted(DETECTORS)) + " (default auto: "
                              + " else ".join(AUTO_ORDER) + ")")
-    parser.add_argument("--min-score", type=float,
-                        help="detector score threshold (default: the detector's)")
+    parser.add_argument("--min-score", type=float, metavar="S",
+                        help="detector score threshold (default: the detector's): a probability "
+                             "in [0, 1] for the blazeface detectors, the number of merged "
+                             "neighbour detections (at least 1) for haar")
     parser.add_argument("--flip", action="store_true",
                         help="test-time flip averaging: each face is also predicted mirrored "
                              "left to right and the two predictions averaged")
@@ -64,11 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _min_score_problem(min_score: float, detector: str):
+    """Why ``--min-score`` is out of the range of the scores of ``detector`` (``auto``: the one it
+    picks here), so that it would pass no face or every candidate; None when it is in range."""
+    if not math.isfinite(min_score) or min_score < 0:
+        return "is not a finite number >= 0"
+    if detector == "auto":
+        try:
+            detector = choose_detector("auto").name
+        except PredictError:
+            return None  # no detector runs here: the run says so where a face needs one
+    if detector.startswith("blazeface") and min_score > 1:
+        return f"is not in [0, 1]: the scores of the {detector} detector are probabilities"
+    if detector == "haar" and min_score < 1:
+        return ("is below 1: the score of the haar detector is the number of merged neighbour "
+                "detections (OpenCV's minNeighbors, default 5)")
+    return None
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuses option values out of range before any work (the model is not loaded yet):
+    :class:`PredictError`, one line and exit status 1 like the other bad values."""
+    if args.min_score is not None:
+        problem = _min_score_problem(args.min_score, args.detector)
+        if problem:
+            raise PredictError(f"--min-score {args.min_score:g} {problem}")
+    check_output_dir("--out", args.out)
+
+
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    check_options(args)
     summary = predict_files(args.inputs, lambda: load_model(args), args.out,
                             batch_size=args.batch_size, boxes_file=args.boxes, box=args.box,
                             detector=args.detector, min_score=args.min_score, flip=args.flip,

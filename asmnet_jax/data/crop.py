@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from asmnet_jax import landmarks as lm
 from asmnet_jax.data import geometry
 
 #: Margin on each side, as a fraction of the box's longer side, when none is given.
@@ -84,6 +85,34 @@ def crop_transform(box, out_size: int) -> np.ndarray:
     scale = out_size / side
     return np.array([[scale, 0.0, (side / 2 - cx) * scale - 0.5],
                      [0.0, scale, (side / 2 - cy) * scale - 0.5]], np.float64)
+
+
+def base_matrix(box, margin: float, input_size: int) -> np.ndarray:
+    """(2, 3) transform from stored-crop pixels to the model input: the face box ``(cx, cy,
+    side)`` grown by ``margin`` on each side (so its side is ``side * (1 + 2 margin)``) fills the
+    S x S input. Training, validation and ``asmnet-eval`` frame every face by it."""
+    cx, cy, side = (float(v) for v in box)
+    return crop_transform((cx, cy, grown_side(side, margin)), input_size)
+
+
+def base_matrices(boxes, margin: float, input_size: int) -> np.ndarray:
+    """(N, 2, 3) float32: :func:`base_matrix` of each box of ``boxes`` (N, 3)."""
+    return np.stack([base_matrix(box, margin, input_size)
+                     for box in np.asarray(boxes)]).astype(np.float32)
+
+
+def base_labels(source, margin: float, input_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Ground-truth landmark vectors (N, 2n) and poses (N, 3) of every example of ``source`` in
+    model units, for the base crop (no augmentation): what the ASM, the mean-initialised heads and
+    every evaluation compare with."""
+    shapes, poses = [], []
+    for index in range(len(source)):
+        example = source[index]
+        matrix = base_matrix(example["box"], margin, input_size)
+        points = geometry.transform_points(example["landmarks"], matrix)
+        shapes.append(lm.pixels_to_model(points, input_size))
+        poses.append(lm.degrees_to_model_pose(example["pose"]))
+    return np.stack(shapes), np.stack(poses)
 
 
 def crop_face(image, points, box, out_size: int

@@ -25,7 +25,11 @@ import shutil
 import zipfile
 from functools import partial
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from asmnet_jax.errors import ModelError
 from asmnet_jax.files import atomic_open
@@ -56,7 +60,6 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
     Returns:
       The absolute directory.
     """
-    import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
     create_model(model_name, num_landmarks)  # validates both
@@ -82,16 +85,14 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         shutil.rmtree(variables_dir, ignore_errors=True)
     os.makedirs(directory, exist_ok=True)
     if compact:
-        from flax import traverse_util
-
-        flat = traverse_util.flatten_dict(_to_plain_dicts(variables), sep="/")
+        flat = traverse_util.flatten_dict(to_plain_dicts(variables), sep="/")
         arrays = {key: np.asarray(value, dtype=dtype or np.asarray(value).dtype)
                   for key, value in flat.items()}
         with atomic_open(npz_path, "wb") as f:
             np.savez(f, **arrays)
     else:
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(variables_dir, _to_plain_dicts(variables))
+            checkpointer.save(variables_dir, to_plain_dicts(variables))
             checkpointer.wait_until_finished()
     with atomic_open(json_path) as f:
         f.write(text + "\n")
@@ -107,7 +108,7 @@ def read_model_info(directory) -> dict:
     if not os.path.isfile(json_path) or not has_variables:
         raise ModelError(f"{directory}: not a saved model (expected {MODEL_JSON} and "
                          f"{VARIABLES_DIR}/ or {VARIABLES_NPZ} written by "
-                         "asmnet_jax.checkpoints.save_model)")
+                         "asmnet_jax.model_dir.save_model)")
     try:
         with open(json_path) as f:
             info = json.load(f)
@@ -144,9 +145,7 @@ def load_model(directory, **model_kwargs):
       numpy arrays with the tree and shapes of ``model.init``. ``model.json``'s other keys are
       available through :func:`read_model_info`.
     """
-    import jax
     import jax.numpy as jnp
-    import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
     info = read_model_info(directory)
@@ -174,17 +173,16 @@ def load_model(directory, **model_kwargs):
         raise ModelError(f"{variables_dir}: cannot read the variables (truncated or corrupt?): "
                          f"{error}") from error
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), variables)
-    return model, _to_plain_dicts(variables)
+    return model, to_plain_dicts(variables)
 
 
 def variable_shapes(tree) -> dict:
     """``{'params/backbone/stem/kernel': shape, ...}`` of a tree of arrays or array metadata."""
-    import jax
 
     def name(path):
         return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
 
-    leaves = jax.tree_util.tree_flatten_with_path(_to_plain_dicts(tree))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(to_plain_dicts(tree))[0]
     return {name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
@@ -203,22 +201,21 @@ def check_fit(stored: dict, wanted: dict, where: str, info: dict) -> None:
 
 def _read_npz(path, target, info):
     """The variables of a compact model directory, checked against ``target``'s tree."""
-    from flax import traverse_util
 
     try:
         with np.load(path) as archive:
             stored = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ModelError(f"{path}: not a readable NumPy archive ({error})") from None
-    wanted = traverse_util.flatten_dict(_to_plain_dicts(target), sep="/")
+    wanted = traverse_util.flatten_dict(to_plain_dicts(target), sep="/")
     check_fit({key: value.shape for key, value in stored.items()},
                {key: value.shape for key, value in wanted.items()}, path, info)
     flat = {key: np.asarray(stored[key], np.float32) for key in wanted}
     return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def _to_plain_dicts(tree):
+def to_plain_dicts(tree):
     """Nested mappings (dict, FrozenDict) -> nested dicts, leaves untouched."""
     if hasattr(tree, "items"):
-        return {key: _to_plain_dicts(value) for key, value in tree.items()}
+        return {key: to_plain_dicts(value) for key, value in tree.items()}
     return tree
