@@ -159,6 +159,8 @@ class Run:
     workdir: str
     mesh: Any
     model: Any
+    optimizer: optax.GradientTransformation
+    settings: steps_lib.LossSettings
     schedule: Callable
     state: steps_lib.TrainState
     shape_model: Optional[ShapeModel]
@@ -274,7 +276,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mean_shape_nme = 100 * float(np.mean(metrics.per_face_nme(
         np.broadcast_to(shapes.mean(axis=0), validation.gt_landmarks.shape),
         validation.gt_landmarks)))
-    return Run(config=config, workdir=workdir, mesh=mesh, model=model, schedule=schedule,
+    return Run(config=config, workdir=workdir, mesh=mesh, model=model, optimizer=optimizer,
+               settings=settings, schedule=schedule,
                state=replicate(state, mesh),
                shape_model=replicate(shape_model, mesh) if shape_model is not None else None,
                input=train_input, train_step=train_input.compile_step(model, optimizer, settings),

@@ -2,26 +2,21 @@
 
     asmnet-train --config configs/mnv2_300w_cpu.py --workdir runs/mnv2_300w_cpu
 
-Everything is the ASMNet recipe (read from that file) except what makes the paper's baseline:
-the whole ImageNet MobileNetV2 (blocks 0-16 and the 1280-channel conv) with its 1280-d pool, no
-dropout, no head penalty, and the plain landmark loss (mnv2_r: --config.asm_loss=True).
+Everything is the ASMNet CPU recipe (:func:`asmnet_jax.recipes.cpu_recipe`) except what makes the
+paper's baseline: the whole ImageNet MobileNetV2 (blocks 0-16 and the 1280-channel conv) with its
+1280-d pool, no dropout, no head penalty, and the plain landmark loss (mnv2_r:
+--config.asm_loss=True). Its ablation cells (8 epochs): experiments/results/ablation_300w_cpu.md.
 """
 
-import importlib.util
-import os
-
-
-def _asmnet_recipe():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asmnet_300w_cpu.py")
-    spec = importlib.util.spec_from_file_location("asmnet_300w_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from asmnet_jax.config_base import base_config
+from asmnet_jax.recipes import cpu_recipe
 
 
 def get_config():
-    c = _asmnet_recipe()
+    c = cpu_recipe(base_config())
     c.model = "mnv2"
     c.asm_loss = False
     c.head_l2 = 0.0
+    c.dataset = "w300"
+    c.num_landmarks = 68
     return c

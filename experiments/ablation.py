@@ -1,7 +1,7 @@
 """The paper's 2 x 2 ablation (docs/method.md sections 3 and 7): network (ASMNet | full
 MobileNetV2) x loss (with | without the ASM term), over several seeds.
 
-    python experiments/ablation.py --config configs/asmnet_300w.py --workdir runs/ablation \\
+    python -m experiments.ablation --config configs/asmnet_300w.py --workdir runs/ablation \\
         --set data_dir=/tmp/tfds_data --set input_size=64 --set num_epochs=10 --seeds 0 1 2
 
 Cells, named as in the paper: ``ASMNet`` (asmnet + ASM loss, directory ``asmnet_asm``),
@@ -14,19 +14,15 @@ Everything else (``asm_variance`` included) comes from the config file and ``--s
 
 Writes ROOT/ablation.md (table + header), ROOT/ablation.json and ROOT/ablation.png (NME bars
 with std error bars). Finished runs are skipped, interrupted ones resume from their checkpoints;
-see experiments/_grid.py. The last stdout line is JSON with the table's figures.
+see experiments.grid. The last stdout line is JSON with the table's figures.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _grid  # noqa: E402
-
-from asmnet_jax.config_base import base_config  # noqa: E402
+from asmnet_jax.config_base import base_config
+from experiments import common, grid
 
 #: (label, directory, model, ASM loss), in the order of the paper's table
 #: (docs/method.md section 7).
@@ -46,7 +42,7 @@ def make_cells(args, file_config):
     asmnet_l2 = file_config.head_l2 if file_config.model == "asmnet" else base_config().head_l2
     cells = []
     for label, key, model, asm_loss in CELLS:
-        cells.append(_grid.Cell(
+        cells.append(grid.Cell(
             key=key, label=label, settings={"model": model, "asm_loss": asm_loss},
             defaults={"head_l2": asmnet_l2 if model == "asmnet" else 0.0}))
     return cells
@@ -58,13 +54,13 @@ def row_names(row):
 
 
 def notes(args, cells):
-    config = _grid.load_config_file(args.config)
-    sets = dict(_grid.parse_overrides(args.overrides))
+    config = common.load_config(args.config)
+    sets = dict(common.parse_overrides(args.overrides))
     variance = sets.get("asm_variance", config.asm_variance)
     landmark_loss = sets.get("landmark_loss", config.landmark_loss)
     lines = [f"loss column: the landmark loss ({landmark_loss.upper()}; the paper's is L2) alone "
              "(plain) or with the ASM term (+ ASM)",
-             f"cells: model and asm_loss as named; head L2 "
+             "cells: model and asm_loss as named; head L2 "
              + ", ".join(f"{c.label} {sets.get('head_l2', c.defaults['head_l2'])}" for c in cells)
              + f"; the ASM loss cells use asm_variance {variance}"]
     if config.dataset == "w300":
@@ -75,16 +71,16 @@ def notes(args, cells):
 
 
 def plot(path, rows):
-    _grid.bar_chart(path, rows, "ASMNet ablation: validation NME (mean ± std over seeds)",
+    grid.bar_chart(path, rows, "ASMNet ablation: validation NME (mean ± std over seeds)",
                     color=lambda row: ("#dd8452", "ASM loss") if row["settings"]["asm_loss"]
                     else ("#4c72b0", "landmark loss only"))
 
 
-GRID = _grid.Grid(
+GRID = grid.Grid(
     name="ablation", title="ASMNet ablation: network x loss", make_cells=make_cells,
     first_columns=("model", "network", "loss"), row_names=row_names, plot=plot, notes=notes,
     description=__doc__)
 
 
 if __name__ == "__main__":
-    sys.exit(_grid.main(GRID, _grid.default_config_file("asmnet_300w.py")))
+    sys.exit(grid.main(GRID, common.config_file("asmnet_300w.py")))

@@ -1,7 +1,7 @@
 """The ASM accuracy sweep (docs/method.md section 2): ASMNet with the ASM loss, the shape model
 keeping 80 / 85 / 90 / 95 / 97 % of the training shapes' variance, over several seeds.
 
-    python experiments/asm_accuracy.py --config configs/asmnet_300w.py --workdir runs/asm_acc \\
+    python -m experiments.asm_accuracy --config configs/asmnet_300w.py --workdir runs/asm_acc \\
         --set data_dir=/tmp/tfds_data --set input_size=64 --set num_epochs=10 --seeds 0 1 2
 
 Each cell sets ``asm_variance`` (``--variances``, fractions or percentages), ``asm_loss=True`` and
@@ -10,7 +10,7 @@ of ASM components of each setting is read from the runs' ``asm.npz``.
 
 Writes ROOT/asm_accuracy.md (table + header), ROOT/asm_accuracy.json and ROOT/asm_accuracy.png
 (NME against accuracy, std error bars, components marked). Finished runs are skipped, interrupted
-ones resume from their checkpoints; see experiments/_grid.py. The last stdout line is JSON with
+ones resume from their checkpoints; see experiments.grid. The last stdout line is JSON with
 the table's figures.
 """
 
@@ -21,11 +21,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _grid  # noqa: E402
-
-from asmnet_jax.config_base import base_config  # noqa: E402
+from asmnet_jax.config_base import base_config
+from experiments import common, grid
 
 DEFAULT_VARIANCES = (0.80, 0.85, 0.90, 0.95, 0.97)
 
@@ -41,7 +38,7 @@ def add_arguments(parser):
 def fraction(value: float) -> float:
     v = value / 100.0 if value > 1.0 else value
     if not 0.0 < v < 1.0:
-        raise _grid.GridError(f"--variances {value}: an accuracy must be in (0, 1) or (0, 100) %")
+        raise grid.GridError(f"--variances {value}: an accuracy must be in (0, 1) or (0, 100) %")
     return round(v, 6)
 
 
@@ -52,12 +49,12 @@ def percent_name(v: float) -> str:
 def make_cells(args, file_config):
     variances = [fraction(v) for v in args.variances]
     if len(set(variances)) != len(variances):
-        raise _grid.GridError(f"--variances {args.variances}: a value is repeated")
+        raise grid.GridError(f"--variances {args.variances}: a value is repeated")
     if args.model == "asmnet":
         l2 = file_config.head_l2 if file_config.model == "asmnet" else base_config().head_l2
     else:
         l2 = 0.0
-    return [_grid.Cell(key=f"asm{percent_name(v)}", label=f"{percent_name(v)}%",
+    return [grid.Cell(key=f"asm{percent_name(v)}", label=f"{percent_name(v)}%",
                        settings={"model": args.model, "asm_loss": True, "asm_variance": v},
                        defaults={"head_l2": l2}, extra={"asm_variance": v})
             for v in sorted(variances)]
@@ -90,24 +87,24 @@ def row_names(row):
 
 def notes(args, cells):
     model = "ASMNet" if args.model == "asmnet" else "MobileNetV2 (mnv2_r)"
-    l2 = dict(_grid.parse_overrides(args.overrides)).get("head_l2", cells[0].defaults["head_l2"])
+    l2 = dict(common.parse_overrides(args.overrides)).get("head_l2", cells[0].defaults["head_l2"])
     return [f"cells: {model} with the ASM loss, head L2 {l2}; components: the number of "
             "principal components the shape model keeps (from each run's asm.npz)"]
 
 
 def plot(path, rows):
-    _grid.line_chart(path, [dict(row, extra={"asm_variance": 100 * row["extra"]["asm_variance"]})
-                            for row in rows],
-                     "asm_variance", "ASM accuracy (% of shape variance kept)",
-                     "Validation NME vs ASM accuracy (mean ± std over seeds)",
-                     annotate=lambda row: f"k={components_text(row)}")
+    grid.line_chart(path, [dict(row, extra={"asm_variance": 100 * row["extra"]["asm_variance"]})
+                           for row in rows],
+                    "asm_variance", "ASM accuracy (% of shape variance kept)",
+                    "Validation NME vs ASM accuracy (mean ± std over seeds)",
+                    annotate=lambda row: f"k={components_text(row)}")
 
 
-GRID = _grid.Grid(
+GRID = grid.Grid(
     name="asm_accuracy", title="ASMNet: ASM accuracy sweep", make_cells=make_cells,
     first_columns=("ASM accuracy", "components"), row_names=row_names, plot=plot, notes=notes,
     run_extra=run_extra, add_arguments=add_arguments, description=__doc__)
 
 
 if __name__ == "__main__":
-    sys.exit(_grid.main(GRID, _grid.default_config_file("asmnet_300w.py")))
+    sys.exit(grid.main(GRID, common.config_file("asmnet_300w.py")))

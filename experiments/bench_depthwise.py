@@ -4,7 +4,7 @@ The step is forward + backward of the full ASM-assisted loss (L_mse + alpha L_as
 head L2) with BN statistics updated and an Adam update applied, jitted, at batch 32 and 224 x 224
 by default. It reports the median step time over a few steps after one warm-up (compilation) step.
 
-    python experiments/bench_depthwise.py [--batch 32] [--size 224] [--steps 3]
+    python -m experiments.bench_depthwise [--batch 32] [--size 224] [--steps 3]
 
 The last output line is JSON: {"step_s_xla": ..., "step_s_shift": ..., "speedup": ..., ...}.
 """

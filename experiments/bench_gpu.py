@@ -1,17 +1,20 @@
 """ASMNet training throughput on one GPU: this project's JAX step against PyTorch, float32 and bf16.
 
-Made for ONE call on a lent GPU machine (Python 3.12, jax, flax, optax, PyTorch; no TensorFlow, no
-ml_collections, no network). It imports only ``asmnet_jax.models``, ``steps``, ``losses``, ``asm``
-and ``data.face3d``, none of which imports TensorFlow or ml_collections (the JSON line records
+Made for ONE call on a lent GPU machine (Python 3.12, jax, flax, optax, PyTorch; no TensorFlow,
+no network; ml_collections carried as a wheel, as ``gpu_loop.sh`` does). Importing it costs only
+``experiments.common`` (the standard library and NumPy); the JAX side builds its step through
+:func:`asmnet_jax.train.prepare`, which imports no TensorFlow (the JSON line records
 ``forbidden_modules_loaded``, which must stay empty).
 
 What is timed, for each compute dtype (``bfloat16`` first, it is the headline, then ``float32``):
 
-* **JAX**: the real :func:`asmnet_jax.steps.compile_train_step` (jit over shard_map) on a
-  1-device mesh: ASMNet (68 points, dropout, BN with batch statistics) built with
-  ``create_model(..., dtype=...)`` (parameters stay float32; the heads, pooling and loss run in
-  float32), the full ASM-assisted loss (L_mse + alpha L_asm + 0.5 L_pose + head L2 0.01) with a
-  :class:`ShapeModel` fitted to plausible random face shapes, and an Adam update (optax).
+* **JAX**: what ``asmnet-train`` runs for the built-in config at ``--size``, ``--batch`` and
+  each dtype, built by :func:`asmnet_jax.train.prepare` (:func:`experiments.common.prepare_run`,
+  on a stand-in set of random crops): the plain compiled train step (jit over shard_map) with
+  ASMNet (68 points, dropout, BN with batch statistics; parameters stay float32, the heads,
+  pooling and loss run in float32), the full ASM-assisted loss (L_mse + alpha L_asm + 0.5 L_pose
+  + head L2 0.01) with the run's :class:`ShapeModel`, and the config's Adam update (optax), fed
+  the same random batch as PyTorch.
 * **PyTorch**: the same network written below (:class:`TorchASMNet`, same layers, channels and
   parameter count: checked, printed and recorded), the same loss with the same ASM in torch ops,
   fused Adam, ``channels_last`` memory format, ``torch.autocast(bfloat16)`` for the bf16 run and
@@ -24,7 +27,7 @@ What is timed, for each compute dtype (``bfloat16`` first, it is the headline, t
 * ``--depthwise-impl`` sets the JAX model's depthwise form (``asmnet_jax.depthwise``; default
   ``auto``: on CUDA, cuDNN's grouped convolution in bf16 and the ``mixed`` form in float32).
 * ``--profile DIR`` traces a few more steps of the first dtype on each side after its timing: JAX's
-  ``jax_<dtype>.xplane.pb`` (``experiments/xplane_ops.py`` sums its op times; TensorBoard's
+  ``jax_<dtype>.xplane.pb`` (``python -m experiments.xplane_ops`` sums its op times; TensorBoard's
   profile plugin shows the timeline) and
   PyTorch's operator and kernel table ``torch_<dtype>_kernels.txt``.
 
@@ -42,11 +45,11 @@ that each gets the whole GPU memory (JAX preallocates 75 % by default) and a cra
 ``--time-limit`` (default 450 s where an NVIDIA GPU is present, none elsewhere), so a call of
 about 8 minutes always ends with the summary and the JSON line.
 
-    python experiments/bench_gpu.py                  # batch 256, 224 x 224, both dtypes
-    python experiments/bench_gpu.py --batch 4 --size 64 --steps 2 --warmup 1 --no-compile  # CPU
+    python -m experiments.bench_gpu                  # batch 256, 224 x 224, both dtypes
+    python -m experiments.bench_gpu --batch 4 --size 64 --steps 2 --warmup 1 --no-compile  # CPU
 
 On a lent GPU machine, from the repository root (the project need not be installed), e.g.
-``PYTHONUNBUFFERED=1 python3 experiments/bench_gpu.py 2>&1 | tee $OUT/bench_gpu.log`` with a
+``PYTHONUNBUFFERED=1 python3 -m experiments.bench_gpu 2>&1 | tee $OUT/bench_gpu.log`` with a
 command timeout of 540 s or more. ``--dtypes bfloat16`` halves the time if it is short.
 
 The last output line is JSON with ``train_img_s_{jax,torch}_{float32,bfloat16}``,
@@ -63,26 +66,22 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-# The repository root, so that asmnet_jax imports where the project is not installed (a bare GPU
-# machine that received the working tree); an installed copy is the same code.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import emit, make_batch, prepare_run, run_side, say
 
 DTYPES = ("bfloat16", "float32")
 SIDES = ("jax", "torch")
-RESULT_PREFIX = "RESULT "
 HEAD_L2 = 0.01
 POSE_WEIGHT = 0.5
 ASM_ALPHA = 2.0  # the first third of training
 ASM_VARIANCE = 0.90
 LEARNING_RATE = 1e-3
 GPU_TIME_LIMIT_S = 450.0  # a lent GPU call runs at most ~8 minutes
-FORBIDDEN_MODULES = ("tensorflow", "ml_collections", "tf_keras", "keras")
+FORBIDDEN_MODULES = ("tensorflow", "tf_keras", "keras")
 
 
 def parse_args(argv=None):
@@ -119,58 +118,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def emit(**values):
-    """A partial result, for the parent (one line of JSON after RESULT_PREFIX)."""
-    print(RESULT_PREFIX + json.dumps(values), flush=True)
-
-
-def say(text):
-    print(text, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: plausible face shapes (the project's 3D template turned, scaled, shifted, jittered)
-
-
-def _rotation(yaw, pitch, roll):
-    cy, sy, cp, sp, cr, sr = (f(a) for a in (yaw, pitch, roll) for f in (math.cos, math.sin))
-    ry = [[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]
-    rx = [[1, 0, 0], [0, cp, -sp], [0, sp, cp]]
-    rz = [[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]]
-    return np.asarray(rz) @ np.asarray(rx) @ np.asarray(ry)
-
-
-def plausible_shapes(rng, count, num_landmarks):
-    """(count, 2n) landmark vectors in model coordinates (crop in [-0.5, 0.5]) and (count, 3) poses.
-
-    The project's 3D mean face, turned by yaw +-45, pitch and roll +-25 degrees, projected
-    orthographically, 0.28-0.38 crop widths per inter-ocular unit, shifted up to 0.04, with 0.4 %
-    jitter per point.
-    """
-    from asmnet_jax.data.face3d import mean_face
-
-    face = mean_face(num_landmarks)
-    face = face - face.mean(axis=0)
-    poses = np.deg2rad(rng.uniform([-45, -25, -25], [45, 25, 25], (count, 3)))
-    shapes = np.empty((count, num_landmarks, 2))
-    for i, (yaw, pitch, roll) in enumerate(poses):
-        turned = face @ _rotation(yaw, pitch, roll).T
-        points = np.stack([turned[:, 0], -turned[:, 1]], axis=-1)  # image y points down
-        shapes[i] = points * rng.uniform(0.28, 0.38) + rng.uniform(-0.04, 0.04, 2)
-    shapes += rng.normal(0.0, 0.004, shapes.shape)
-    return shapes.reshape(count, -1).astype(np.float32), poses.astype(np.float32)
-
-
-def make_batch(args, seed=0):
-    """Host batch: uint8 NHWC images, landmarks (B, 2n), pose (B, 3), mask; and ASM shapes."""
-    rng = np.random.default_rng(seed)
-    landmarks, pose = plausible_shapes(rng, args.batch, args.num_landmarks)
-    batch = {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8),
-             "landmarks": landmarks, "pose": pose, "mask": np.ones(args.batch, np.float32)}
-    asm_shapes, _ = plausible_shapes(rng, 512, args.num_landmarks)
-    return batch, asm_shapes
-
-
 def rate(value):
     """img/s for printing: no decimals for GPU-sized numbers, some for CPU smoke tests."""
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
@@ -196,43 +143,39 @@ def time_windows(run_steps, sync, args):
 
 
 def run_jax(args):
+    import shutil
+
     import jax
-    import jax.numpy as jnp
-    import optax
 
     from asmnet_jax import steps as steps_lib
-    from asmnet_jax.asm import ShapeModel
-    from asmnet_jax.models import count_parameters, create_model
+    from asmnet_jax.mesh import batch_sharding
+    from asmnet_jax.models import count_parameters
 
     device = jax.devices()[0]
     emit(jax_version=jax.__version__, jax_backend=jax.default_backend(),
          jax_device=getattr(device, "device_kind", str(device)))
-    host_batch, asm_shapes = make_batch(args)
-    shape_model_host = ShapeModel.fit(asm_shapes, ASM_VARIANCE)
-    emit(asm_components=shape_model_host.num_components)
-    mesh = steps_lib.make_mesh([device])
-    batch = jax.device_put(host_batch, steps_lib.batch_sharding(mesh))
-    shape_model = steps_lib.replicate(shape_model_host, mesh)
-    settings = steps_lib.LossSettings(total_epochs=30, steps_per_epoch=1000,
-                                      head_l2_weight=HEAD_L2, pose_weight=POSE_WEIGHT)
+    host_batch, _ = make_batch(args)
 
     def measure(dtype):  # a function, so that its buffers are freed before the next dtype
-        model = create_model("asmnet", args.num_landmarks, dtype=getattr(jnp, dtype),
-                             bn_axis_name=steps_lib.DATA_AXIS,
-                             depthwise_impl=args.depthwise_impl)
-        optimizer = optax.adam(LEARNING_RATE)
-        state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), args.size)
+        # The model, optimizer, loss settings, state and ASM that asmnet-train builds for the
+        # built-in config at this size and dtype; fed the batch PyTorch gets.
+        run, folder = prepare_run({
+            "dtype": dtype, "input_size": args.size, "batch_size": args.batch,
+            "num_landmarks": args.num_landmarks, "depthwise_impl": args.depthwise_impl,
+            "input": "device"})
         if dtype == args.dtypes[0]:
+            state = run.state
             counts = count_parameters({"params": state.params, "batch_stats": state.batch_stats})
-            emit(params_jax=counts)
+            emit(params_jax=counts, asm_components=int(run.shape_model.num_components))
             say(f"jax: parameters {counts}")
-        state = steps_lib.replicate(state, mesh)
-        step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
-        holder = {"state": state, "metrics": None}
+        batch = jax.device_put(host_batch, batch_sharding(run.mesh))
+        step = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh)
+        holder = {"state": run.state, "metrics": None}
 
         def run_steps(count):
             for _ in range(count):
-                holder["state"], holder["metrics"] = step(holder["state"], batch, shape_model)
+                holder["state"], holder["metrics"] = step(holder["state"], batch,
+                                                          run.shape_model)
 
         def sync():
             jax.block_until_ready((holder["state"], holder["metrics"]))
@@ -240,6 +183,8 @@ def run_jax(args):
         img_s, rates, warmup_s = time_windows(run_steps, sync, args)
         report("jax", dtype, img_s, rates, warmup_s, float(holder["metrics"]["total"]))
         profile_first_dtype("jax", profile_jax, run_steps, sync, dtype, args)
+        run.checkpoints.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
     for dtype in args.dtypes:
         measure(dtype)
@@ -475,44 +420,6 @@ def write_out(result):
         os.replace(path + ".tmp", path)
 
 
-def run_side(side, argv, result, deadline, script=None, env=None, on_update=write_out):
-    """Runs ``script`` (this file by default) with ``--side side`` in a subprocess, echoing its
-    output prefixed with the side and merging its RESULT lines into ``result`` (``on_update`` is
-    called after each). The child is killed at ``deadline`` (``time.monotonic()``; inf: never)."""
-    import threading
-
-    command = [sys.executable, "-u", os.path.abspath(script or __file__), *argv, "--side", side]
-    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-
-    def stop_at_deadline():
-        remaining = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=None if math.isinf(remaining) else max(remaining, 1.0))
-        except subprocess.TimeoutExpired:
-            result[f"{side}_error"] = (f"stopped at the time limit "
-                                       f"({time.perf_counter() - start:.0f} s)")
-            proc.kill()
-
-    watchdog = threading.Thread(target=stop_at_deadline, daemon=True)
-    watchdog.start()
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        if line.startswith(RESULT_PREFIX):
-            result.update(json.loads(line[len(RESULT_PREFIX):]))
-            on_update(result)
-        else:
-            print(f"[{side}] {line}", flush=True)
-    proc.wait()
-    watchdog.join(timeout=1.0)
-    if proc.returncode != 0 and f"{side}_error" not in result:
-        result[f"{side}_error"] = f"exit status {proc.returncode}"
-    result[f"{side}_wall_s"] = time.perf_counter() - start
-    on_update(result)
-
-
 def summarise(args, result):
     for dtype in args.dtypes:  # every documented key is present, None where not measured
         for side in SIDES:
@@ -570,7 +477,7 @@ def main(argv=None):
         if time.monotonic() >= deadline:
             result[f"{side}_error"] = "not run: time limit reached"
             continue
-        run_side(side, argv, result, deadline)
+        run_side("experiments.bench_gpu", side, argv, result, deadline, on_update=write_out)
     summarise(args, result)
     write_out(result)
     print(json.dumps(result), flush=True)

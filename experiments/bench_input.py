@@ -4,7 +4,7 @@ Builds (once) the TFDS ``w300`` dataset from a 300W folder, then times the train
 (array_record read + JPEG decode + one affine warp + colour, blur, occlusion and noise
 augmentation + batching) in this process on one core, and with worker processes.
 
-    python experiments/bench_input.py --manual-dir ../shared/data/300w_subset [--size 224]
+    python -m experiments.bench_input --manual-dir ../shared/data/300w_subset [--size 224]
 
 The last output line is JSON with ``img_per_s_per_core`` (single process, OpenCV on one thread).
 """

@@ -19,16 +19,18 @@ alone is timed in R alternating rounds; the figures are means over them (single 
 CPU move by 10-15 %). The host path loses the host's decoding and warping where it cannot hide them
 behind the step; the device path loses the augmentation's cost inside the step.
 
-    python experiments/bench_loop.py --config configs/asmnet_300w_cpu.py \\
+    python -m experiments.bench_loop --config configs/asmnet_300w_cpu.py \\
         --set data_dir=~/tensorflow_datasets --set init=scratch --set input_size=224
-    python experiments/bench_loop.py --gpu --config configs/asmnet_300w.py --set init=scratch \\
+    python -m experiments.bench_loop --gpu --config configs/asmnet_300w.py --set init=scratch \\
         --random-faces 2048                                 # on a GPU machine (no TensorFlow)
 
 ``--gpu`` is the GPU variant: bfloat16 compute, batch 256, 224 px, and the device path only (a GPU
 machine without TensorFlow, grain or OpenCV reads a ``.npz`` export through ``arrays_dir``, made
 here by ``asmnet-build-data ... --npz DIR``; ``--random-faces N`` writes a stand-in export of
 random crops of the stored size instead, for machines the data cannot reach).
-Without ``--config`` the built-in default (synthetic faces) is used. The last output line is JSON:
+Without ``--config`` the built-in default (synthetic faces) is used. ``--set KEY=VALUE`` means
+what ``--config.KEY=VALUE`` means to ``asmnet-train`` (``experiments.common.load_config``). The
+last output line is JSON:
 ``{"paths": {PATH: {"loop_img_s", "step_img_s", "loop_over_step", ...}}, ...}``.
 """
 
@@ -45,21 +47,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from _grid import load_config_file, parse_overrides, parse_value, _lookup  # noqa: E402
+from experiments import common
 
 GPU_PRESET = {"dtype": "bfloat16", "batch_size": "256", "input_size": "224"}
-
-
-def _config(config_file, overrides):
-    from asmnet_jax.config_base import default_config
-
-    config = load_config_file(config_file) if config_file else default_config()
-    for key, raw in overrides:
-        parent, leaf = _lookup(config, key)
-        parent[leaf] = parse_value(key, raw, parent[leaf])
-    return config
 
 
 def _run_flags(args, path: str, workdir: str):
@@ -141,102 +131,46 @@ def _throughput(call, calls: int, window: int, warmup: int) -> float:
 
 
 def step_child(args) -> dict:
-    """The step alone, in this (child) process: the plain step on one device batch, and, when the
-    device path is benchmarked, the resident step."""
+    """The step alone, in this (child) process, built by :func:`asmnet_jax.train.prepare` as
+    ``asmnet-train`` builds it: the plain step on one batch already on the devices, and, when the
+    device path is benchmarked, the resident step (the same plus cutting its own batch)."""
     import jax
-    from jax.sharding import PartitionSpec as P
 
     from asmnet_jax import steps as steps_lib
     from asmnet_jax import train
-    from asmnet_jax.asm import ShapeModel
-    from asmnet_jax.data import pipeline, resident
 
-    config = _config(args.config, args.overrides)
+    config = common.load_config(args.config, args.overrides)
     config.input = "device" if "device" in args.inputs else "host"
-    train.check_config(config)
-    train_source, _ = train.load_sources(config)
-    if config.input == "device":
-        train_source = resident.ArraySource(train.host_arrays(train_source, config, "train"))
-    spe = len(train_source) // config.batch_size
-    mesh = steps_lib.make_mesh()
-    model = train.build_model(config, bn_axis_name=steps_lib.DATA_AXIS)
-    _, optimizer = train.schedule_and_optimizer(config.optimizer, spe, spe * config.num_epochs)
-    settings = steps_lib.LossSettings(total_epochs=config.num_epochs, steps_per_epoch=spe,
-                                      head_l2_weight=config.head_l2,
-                                      landmark_loss=config.landmark_loss,
-                                      ema_decay=config.ema_decay)
-    shapes, _ = train.training_labels(train_source, config)
-    shape_model = (steps_lib.replicate(ShapeModel.fit(shapes, config.asm_variance), mesh)
-                   if config.asm_loss else None)
-    state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), config.input_size)
-    if config.ema_decay > 0:
-        state = steps_lib.with_ema(state)
-    state = steps_lib.replicate(state, mesh)
-    pcfg = train.pipeline_config(config)
-    spec = resident.ResidentSpec(local_batch=config.batch_size // jax.device_count(),
-                                 steps_per_epoch=spe, input_size=config.input_size,
-                                 augment=pcfg.augment)
-    if config.input == "device":
-        # One batch as the resident step makes it (a machine with the device path alone may
-        # have neither grain nor OpenCV): float images, as that step feeds the model.
-        data = resident.place(train_source.arrays, config.margin, config.input_size, mesh)
-        key = jax.random.key(config.seed)
-        cut = jax.jit(jax.shard_map(lambda d: resident.train_batch(d, 0, spec, key), mesh=mesh,
-                                    in_specs=P(steps_lib.DATA_AXIS),
-                                    out_specs=P(steps_lib.DATA_AXIS)))
-        batch = cut(data)
-    else:
-        host_batch = pipeline.train_dataset(train_source, pcfg)[0]
-        batch = pipeline.device_batch(host_batch, steps_lib.batch_sharding(mesh))
-    holder = {"state": state}
+    workdir = tempfile.mkdtemp(prefix="bench_loop_step_")
+    run = train.prepare(config, workdir)
+    key = jax.random.wrap_key_data(run.state.rng)
+    batch = run.input.sample_batch(key)
+    holder = {"state": run.state}
 
     def timed(step, data, calls):
         def call():
-            holder["state"], metrics = step(holder["state"], data, shape_model)
+            holder["state"], metrics = step(holder["state"], data, run.shape_model)
             return metrics
         return config.batch_size * _throughput(call, calls, args.log_every, 2)
 
     # The two steps alternate in --repeats rounds (the machine's drift hits both alike); each
     # figure is images over the total time of its rounds.
-    plain = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+    plain = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh)
     rounds = max(args.repeats, 1)
     calls = max(args.step_calls // rounds, 1)
     timings = {"step_img_s": [], "resident_step_img_s": []}
     for _ in range(rounds):
         timings["step_img_s"].append(timed(plain, batch, calls))
-        if config.input == "device":
-            step = steps_lib.compile_train_step(model, optimizer, settings, mesh, spec)
-            timings["resident_step_img_s"].append(timed(step, data, calls))
+        if run.input.kind == "device":
+            timings["resident_step_img_s"].append(timed(run.train_step, run.input.data, calls))
     out = {key: len(v) / sum(1.0 / x for x in v) for key, v in timings.items() if v}
     out["batch_size"] = config.batch_size
     out["input_size"] = config.input_size
     out["dtype"] = config.dtype
     out["devices"] = [str(d) for d in jax.devices()]
+    run.checkpoints.close()
+    shutil.rmtree(workdir, ignore_errors=True)
     return out
-
-
-def write_random_faces(directory: str, count: int, store_size: int = 288,
-                       num_landmarks: int = 68, seed: int = 0) -> None:
-    """A stand-in set for speed measurements where no data can be brought (a GPU machine):
-    ``count`` training and ``count // 8`` validation crops of random bytes at the stored size,
-    with landmarks inside the central face box, as ``DIR/w300/{train,validation}.npz``. The
-    step's and the augmentation's cost do not depend on what the pixels show."""
-    import numpy as np
-
-    from asmnet_jax.data import resident
-
-    rng = np.random.default_rng(seed)
-    side = store_size / 1.6   # the stored crops hold the face box plus 30 % on each side
-    centre = (store_size - 1) / 2.0
-    for split, n in (("train", count), ("validation", max(count // 8, 1))):
-        arrays = resident.HostArrays(
-            image=rng.integers(0, 256, (n, store_size, store_size, 3), dtype=np.uint8),
-            landmarks=(centre + rng.uniform(-side / 2, side / 2, (n, num_landmarks, 2))
-                       ).astype(np.float32),
-            pose=rng.uniform(-30, 30, (n, 3)).astype(np.float32),
-            box=np.tile(np.float32([centre, centre, side]), (n, 1)),
-            name=np.asarray([f"random/{split}/{i}" for i in range(n)]))
-        resident.save_npz(arrays, resident.npz_path(directory, "w300", split))
 
 
 def main(argv=None) -> int:
@@ -264,7 +198,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.child_step and (args.warmup % args.log_every or args.steps % args.log_every):
         parser.error("--warmup and --steps must be multiples of --log-every")
-    overrides = parse_overrides(args.set)
+    overrides = common.parse_overrides(args.set)
     if args.gpu:
         given = {key for key, _ in overrides}
         overrides = [(k, v) for k, v in GPU_PRESET.items() if k not in given] + overrides
@@ -281,7 +215,7 @@ def main(argv=None) -> int:
     root = args.workdir or tempfile.mkdtemp(prefix="bench_loop_")
     if args.random_faces:
         exports = os.path.join(root, "random_faces")
-        write_random_faces(exports, args.random_faces)
+        common.write_random_faces(exports, args.random_faces)
         args.overrides = overrides = overrides + [("dataset", "w300"), ("num_landmarks", "68"),
                                                   ("arrays_dir", exports),
                                                   ("train_split", "train"),
@@ -299,7 +233,7 @@ def main(argv=None) -> int:
             paths[path] = {"loop_img_s": sum(speeds) / len(speeds), "loop_img_s_runs": speeds,
                            "loop_steps_timed": sum(r["loop_steps_timed"] for r in results),
                            "run_wall_s": [r["run_wall_s"] for r in results]}
-        command = [sys.executable, os.path.abspath(__file__), "--child-step",
+        command = [sys.executable, "-m", "experiments.bench_loop", "--child-step",
                    "--step-calls", str(args.step_calls), "--log-every", str(args.log_every),
                    "--repeats", str(args.repeats),
                    "--inputs", *args.inputs]
@@ -309,7 +243,7 @@ def main(argv=None) -> int:
             command += ["--set", f"{key}={raw}"]
         print("$", " ".join(command), flush=True)
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                              text=True, env=common.python_env())
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode or not lines:
             print(done.stdout[-4000:])

@@ -11,7 +11,7 @@ one the model uses, forward and forward + backward (VJP), interleaved in one pro
 Shapes are those of ASMNet at 224 x 224 (block_1 and block_2, the largest activations). Each
 variant is jitted, warmed up, then timed ``--reps`` times round-robin; the medians are reported.
 
-    python experiments/bench_ops.py [--batch 8] [--reps 5] [--ops pointwise depthwise batchnorm]
+    python -m experiments.bench_ops [--batch 8] [--reps 5] [--ops pointwise depthwise batchnorm]
 
 The last output line is JSON: {"<op>/<shape>/<variant>/<fwd|vjp>_ms": ..., ...}.
 

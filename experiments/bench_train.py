@@ -47,8 +47,8 @@ in place before each library is imported. Separate processes give each side a ma
 own, as a user of either would have; the memory of one is freed before the other starts. The
 children print ``RESULT {json}`` lines that this parent merges.
 
-    python experiments/bench_train.py                     # full comparison (minutes)
-    python experiments/bench_train.py --sides jax --batch 2 --size 64 --steps 1 --warmup 1
+    python -m experiments.bench_train                     # full comparison (minutes)
+    python -m experiments.bench_train --sides jax --batch 2 --size 64 --steps 1 --warmup 1
 
 The last output line is JSON with ``train_img_s_jax`` (with the ASM loss),
 ``train_img_s_jax_noasm``, ``train_img_s_tf``, ``train_ratio_jax_over_tf`` (JAX with ASM / TF),
@@ -74,8 +74,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_gpu beside this file
-from bench_gpu import emit, make_batch, run_side, say  # noqa: E402
+from experiments.common import emit, make_batch, prepare_run, run_side, say
 
 SIDES = ("jax", "tf")
 ASM_VARIANCE = 0.90
@@ -150,41 +149,35 @@ def median_times(call, sync, warmup, steps):
 
 
 def run_jax(args):
+    import shutil
+
     import flax
     import jax
     import optax
 
     from asmnet_jax import steps as steps_lib
-    from asmnet_jax.asm import ShapeModel
-    from asmnet_jax.config_base import base_config
-    from asmnet_jax.models import count_parameters, create_model
-    from asmnet_jax.train import learning_rate_schedule, make_optimizer
+    from asmnet_jax.mesh import batch_sharding
+    from asmnet_jax.models import count_parameters
 
     emit(jax_version=jax.__version__, flax_version=flax.__version__,
          optax_version=optax.__version__, jax_backend=jax.default_backend())
-    host_batch, asm_shapes = make_batch(args)
-    shape_model = ShapeModel.fit(asm_shapes, ASM_VARIANCE)
-    emit(asm_components=shape_model.num_components)
-
-    config = base_config()
-    steps_per_epoch, epochs = 100, 30
-    schedule = learning_rate_schedule(config.optimizer, steps_per_epoch, steps_per_epoch * epochs)
-    optimizer = make_optimizer(config.optimizer, schedule)
-    settings = steps_lib.LossSettings(total_epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                      head_l2_weight=HEAD_L2, pose_weight=POSE_WEIGHT)
-    mesh = steps_lib.make_mesh(jax.devices()[:1])
-    model = create_model("asmnet", args.num_landmarks, depthwise_impl=args.depthwise_impl,
-                         bn_axis_name=steps_lib.DATA_AXIS)
-    state = steps_lib.create_train_state(model, optimizer, jax.random.key(0), args.size)
+    host_batch, _ = make_batch(args)
+    # What asmnet-train builds for the built-in config at this size and batch (on one CPU
+    # device), fed the batch TensorFlow gets.
+    run, folder = prepare_run({"input_size": args.size, "batch_size": args.batch,
+                               "num_landmarks": args.num_landmarks,
+                               "depthwise_impl": args.depthwise_impl, "input": "device"})
+    shape_model = run.shape_model
+    emit(asm_components=int(shape_model.num_components))
+    model, mesh, state = run.model, run.mesh, run.state
     counts = count_parameters({"params": state.params, "batch_stats": state.batch_stats})
     emit(params_jax=counts)
     say(f"jax: parameters {counts}; ASM with {shape_model.num_components} components; "
-        f"optimizer {config.optimizer.name}")
+        f"optimizer {run.config.optimizer.name}")
 
-    state = steps_lib.replicate(state, mesh)
-    replicated_asm = steps_lib.replicate(shape_model, mesh)
-    batch = jax.device_put(host_batch, steps_lib.batch_sharding(mesh))
-    train_step = steps_lib.compile_train_step(model, optimizer, settings, mesh)
+    replicated_asm = shape_model
+    batch = jax.device_put(host_batch, batch_sharding(mesh))
+    train_step = steps_lib.compile_train_step(model, run.optimizer, run.settings, mesh)
     holder = {"state": state}
 
     def step(asm):
@@ -213,7 +206,7 @@ def run_jax(args):
     predict = steps_lib.compile_eval_step(model, mesh)
     variables = {"params": holder["state"].params, "batch_stats": holder["state"].batch_stats}
     images = batch["image"]
-    single = jax.device_put({"image": host_batch["image"][:1]}, steps_lib.batch_sharding(mesh))
+    single = jax.device_put({"image": host_batch["image"][:1]}, batch_sharding(mesh))
     first_infer, infer_s = median_times(lambda: predict(variables, {"image": images}), sync,
                                         args.warmup, args.steps)
     first_latency, latency_s = median_times(lambda: predict(variables, single), sync,
@@ -227,6 +220,8 @@ def run_jax(args):
 
 # ----------------------------------------------------------------------------------------------
 # TensorFlow / Keras
+    run.checkpoints.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_keras_asmnet(keras, size, num_landmarks):
@@ -427,8 +422,7 @@ def main(argv=None):
     env = child_env(args.threads, args.tf_onednn, args.malloc)
     before = cpu_snapshot()
     for side in args.sides:
-        run_side(side, argv, result, math.inf, script=__file__, env=env,
-                 on_update=lambda result: None)
+        run_side("experiments.bench_train", side, argv, result, math.inf, env=env)
     after = cpu_snapshot()
     result["loadavg_end"] = list(os.getloadavg())
     # CPU time that other processes used while this benchmark ran, in cores: anything else

@@ -1,7 +1,7 @@
 """Re-measures the face detectors' box calibrations (``SHORT_CALIBRATION``, ``FULL_CALIBRATION``
 and ``HAAR_CALIBRATION`` in ``asmnet_jax/detection.py``) on the shared 300W subset.
 
-    python experiments/calibrate_detectors.py [--data ../shared/data/300w_subset]
+    python -m experiments.calibrate_detectors [--data ../shared/data/300w_subset]
         [--folders afw helen/trainset] [--detectors blazeface-short blazeface-full haar]
         [--seed 0] [--limit N]
 

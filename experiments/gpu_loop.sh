@@ -2,13 +2,13 @@
 # The training loop at accelerator speed, on one GPU machine, in one call (it has no TensorFlow,
 # TFDS, grain or ml_collections, and no network; the whole script took 6.5 minutes on an H200):
 #
-#   1. experiments/bench_loop.py --gpu: asmnet-train itself with the device-resident input path
+#   1. python -m experiments.bench_loop --gpu: asmnet-train itself with the device-resident input path
 #      (bf16, batch 256, 224 px) against its step alone (loop_img_s, step_img_s, loop_over_step);
 #   2. the 300W recipe's 150 epochs (configs/asmnet_300w.py) on 1,811 training faces (as many as
 #      the shared subset's training split) and 226 validation faces, bf16, batch 256, timed end
 #      to end (asmnet-train's wall_s: loading, compiling, evaluations and checkpoints included).
 #
-# The faces are random-byte crops of the stored size (bench_loop.py --random-faces): 300W cannot
+# The faces are random-byte crops of the stored size (bench_loop --random-faces): 300W cannot
 # be brought to that machine, and speed does not depend on what the pixels show (accuracy does:
 # the NME of step 2 means nothing). Before the call, on a machine with network access:
 #
@@ -41,14 +41,14 @@ python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__v
   jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__)" | tee -a "$OUT/gpu.txt"
 
 # shellcheck disable=SC2086
-python3 experiments/bench_loop.py --gpu --config configs/asmnet_300w.py --set init=scratch \
+python3 -m experiments.bench_loop --gpu --config configs/asmnet_300w.py --set init=scratch \
   --random-faces "$FACES" $LOOP_ARGS 2>&1 | tee "$OUT/bench_loop_gpu.log" \
-  || echo "bench_loop.py failed; the recipe runs anyway" | tee -a "$OUT/bench_loop_gpu.log"
+  || echo "bench_loop failed; the recipe runs anyway" | tee -a "$OUT/bench_loop_gpu.log"
 
 OUT=$OUT FACES=$FACES RECIPE_SET=$RECIPE_SET python3 - <<'PY' 2>&1 | tee "$OUT/recipe_150.log"
 import json, os, subprocess, sys, tempfile, time
-sys.path.insert(0, "experiments")
-from bench_loop import train_windows, write_random_faces
+from experiments.bench_loop import train_windows
+from experiments.common import write_random_faces
 root = tempfile.mkdtemp()
 write_random_faces(os.path.join(root, "faces"), int(os.environ["FACES"]))
 flags = ["--config", "configs/asmnet_300w.py", "--workdir", os.path.join(root, "run"),

@@ -1,7 +1,7 @@
 """README figures: augmented training crops of real 300W faces and of synthetic faces, with their
 landmarks drawn, exactly as the training pipeline produces them.
 
-    python experiments/make_figures.py --w300 ../shared/data/300w_subset --out docs
+    python -m experiments.make_figures --w300 ../shared/data/300w_subset --out docs
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """README figure: ``asmnet-predict`` with its default (shipped) model on a real public-domain photo.
 
     pip install scikit-image
-    python experiments/make_photo_figure.py --out docs/predict_astronaut.jpg
+    python -m experiments.make_photo_figure --out docs/predict_astronaut.jpg
 
 The photo is scikit-image's ``astronaut`` (Eileen Collins, NASA, public domain). It is written to
 a temporary folder and given to ``asmnet-predict`` exactly as a user would (face detector, crop,

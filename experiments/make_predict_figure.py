@@ -1,6 +1,6 @@
 """README figure: asmnet-predict on a scene of synthetic faces (real photos cannot be committed).
 
-    python experiments/make_predict_figure.py --model runs/default --out docs/predict_example.jpg
+    python -m experiments.make_predict_figure --model runs/default --out docs/predict_example.jpg
 
 Six synthetic faces (:mod:`asmnet_jax.data.synthetic`) with head poses spread over yaw, pitch and
 roll are tiled into one "group photo". The faces are found by the detector (``--detector``, default

@@ -1,6 +1,6 @@
 """Puts a trained model inside the package: ``asmnet_jax/pretrained/NAME`` (replacing what is there).
 
-    python experiments/package_model.py --model runs/asmnet_300w_cpu --name asmnet-300w \\
+    python -m experiments.package_model --model runs/asmnet_300w_cpu --name asmnet-300w \\
         --command "asmnet-train --config configs/asmnet_300w_cpu.py --workdir runs/asmnet_300w_cpu"
 
 Takes the workdir's best checkpoint (by validation NME; ``--which latest`` for the newest),
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--licence", default="", help="the training data's terms, in words")
     args = parser.parse_args(argv)
 
-    from asmnet_jax import checkpoints, inference
+    from asmnet_jax import inference, model_dir
 
     loaded = inference.load(args.model, which=args.which)
     config = loaded.config or {}
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": config}
     directory = os.path.join(PRETRAINED, args.name)
-    checkpoints.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
+    model_dir.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
                            extra=info, overwrite=True, compact=True, dtype=np.float16)
     data_dir = config.get("data_dir") or None
     split = config.get("val_split", "validation")
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
                   "plain": _evaluate(directory, split, data_dir, False),
                   "flip": _evaluate(directory, split, data_dir, True)}
     info["validation"] = validation
-    checkpoints.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
+    model_dir.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
                            extra=info, overwrite=True, compact=True, dtype=np.float16)
     _write_readme(directory, args.name, loaded, info)
     summary = {"name": args.name, "directory": directory, "bytes": _size(directory),

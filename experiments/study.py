@@ -1,6 +1,6 @@
 """The recipe study on real faces: which settings make ASMNet learn on 300W, one change at a time.
 
-    python experiments/study.py --workdir runs/study --seeds 0 \\
+    python -m experiments.study --workdir runs/study --seeds 0 \\
         --set data_dir=~/tensorflow_datasets --imagenet /path/to/imagenet_no_top.h5
 
 Every cell starts from the CPU recipe (``configs/asmnet_300w_cpu.py``: ImageNet backbone with BN
@@ -20,7 +20,7 @@ synthetic faces at the same input size (e.g. ``asmnet-train --workdir runs/synth
 --config.input_size=128 --config.num_epochs=20``); without it that cell is left out.
 
 Writes ROOT/study.md, ROOT/study.json and ROOT/study.png; finished runs are skipped, interrupted
-ones resume (experiments/_grid.py). The last stdout line is JSON with the table's figures.
+ones resume (experiments.grid). The last stdout line is JSON with the table's figures.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _grid  # noqa: E402
+from experiments import common, grid
 
 SCRATCH = {"init": "scratch", "input_range": "unit"}
 #: A cell setting that takes the config file's value (over STUDY_BASE and --epochs).
@@ -105,8 +103,8 @@ def make_cells(args, file_config):
         imagenet = settings.get("init", file_config.init) == "imagenet"
         defaults = {"init_path": os.path.abspath(args.imagenet)} if imagenet and args.imagenet \
             else {}
-        cells.append(_grid.Cell(key=key, label=label, settings=settings, defaults=defaults,
-                                extra={"changes": changes, "epochs": epochs}))
+        cells.append(grid.Cell(key=key, label=label, settings=settings, defaults=defaults,
+                               extra={"changes": changes, "epochs": epochs}))
     return cells
 
 
@@ -126,13 +124,13 @@ def notes(args, cells):
 
 
 def plot(path, rows):
-    _grid.bar_chart(path, rows, "Recipe study: validation NME (one change each)",
+    grid.bar_chart(path, rows, "Recipe study: validation NME (one change each)",
                     color=lambda row: ("#55a868", "ImageNet backbone")
                     if row["settings"].get("init", "imagenet") == "imagenet"
                     else ("#4c72b0", "other start"))
 
 
-GRID = _grid.Grid(
+GRID = grid.Grid(
     name="study", title="Recipe study on real 300W faces (one change at a time)",
     make_cells=make_cells, first_columns=("cell", "changes", "epochs", "settings"),
     row_names=row_names, plot=plot, notes=notes, add_arguments=add_arguments,
@@ -140,4 +138,4 @@ GRID = _grid.Grid(
 
 
 if __name__ == "__main__":
-    sys.exit(_grid.main(GRID, _grid.default_config_file("asmnet_300w_cpu.py")))
+    sys.exit(grid.main(GRID, common.config_file("asmnet_300w_cpu.py")))

@@ -1,12 +1,12 @@
 """Where a traced JAX step spends its time: op times from a profiler trace (``.xplane.pb``), summed.
 
-``experiments/bench_gpu.py --profile DIR`` traces a few train steps with JAX's profiler and keeps
-the ``jax_<dtype>.xplane.pb`` file (on a GPU machine or on this CPU). This script reads such a file
-and adds up, per op, the time of its events: on the CPU the XLA thunks (fusions, YNNPACK fusions,
-dots) on the runtime's worker threads; on a GPU, the events of the device planes' lines (the
-streams' kernels; this path has not yet been run on a real GPU trace). The
-executor's own bookkeeping events (``ThunkExecutor``, thread-pool regions) are left out: they
-enclose or accompany the ops rather than add to them.
+``python -m experiments.bench_gpu --profile DIR`` traces a few train steps with JAX's profiler and
+keeps the ``jax_<dtype>.xplane.pb`` file (on a GPU machine or on this CPU). This script reads such
+a file and adds up, per op, the time of its events: on the CPU the XLA thunks (fusions, YNNPACK
+fusions, dots) on the runtime's worker threads; on a GPU, the events of the device planes' lines
+(the streams' kernels; this path has not yet been run on a real GPU trace). The executor's own
+bookkeeping events (``ThunkExecutor``, thread-pool regions) are left out: they enclose or accompany
+the ops rather than add to them.
 
 Ops are grouped by family, their name without the numeric suffix XLA appends
 (``multiply_reduce_fusion.25`` -> ``multiply_reduce_fusion``). With ``--hlo`` (the step's
@@ -20,9 +20,9 @@ and independent ops may overlap, so the sum of op times is close to, not equal t
 wall time; shares of that sum are what to compare.
 
     XLA_FLAGS="--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text" \\
-        python experiments/bench_gpu.py --dtypes float32 --batch 32 --size 224 --steps 3 \\
+        python -m experiments.bench_gpu --dtypes float32 --batch 32 --size 224 --steps 3 \\
         --repeats 1 --warmup 2 --profile /tmp/prof --sides jax
-    python experiments/xplane_ops.py /tmp/prof/jax_float32.xplane.pb --steps 3 \\
+    python -m experiments.xplane_ops /tmp/prof/jax_float32.xplane.pb --steps 3 \\
         --hlo /tmp/hlo/module_*jit_train_step.cpu_after_optimizations.txt
 
 The last output line is JSON: ``ms_per_step`` by family, ``total_ms_per_step`` and the ``top`` ops.

@@ -18,6 +18,8 @@ Each input gives the loop what it needs and nothing else:
 * ``batches(start_step)``: an iterator of what to pass the step at each step from
   ``start_step`` on (a sharded batch, or the resident set again);
 * ``bn_images(count, batch_size)``: augmented training crops for BN re-estimation;
+* ``sample_batch(key)``: one training batch on the devices, as the plain step
+  (:func:`asmnet_jax.steps.train_step` without ``make_batch``) takes it (benchmarks, tests);
 * ``source`` and ``len(input)``: the training faces (labels for the ASM and the heads).
 
 Validation does not depend on the input: :mod:`asmnet_jax.evaluation` predicts the same way for
@@ -30,15 +32,16 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from asmnet_jax import steps
 from asmnet_jax.data import resident, sources
 from asmnet_jax.data.augment import AugmentConfig
-from asmnet_jax.mesh import batch_sharding, device_memory_bytes
+from asmnet_jax.mesh import DATA_AXIS, batch_sharding, device_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,12 @@ class DeviceInput:
         del start_step  # the step cuts batch k from the state's step and key
         return itertools.repeat(self.data)
 
+    def sample_batch(self, key: jax.Array) -> Dict[str, jax.Array]:
+        cut = jax.shard_map(lambda data, k: self.spec(data, 0, jax.random.wrap_key_data(k)),
+                            mesh=self.mesh, in_specs=(P(DATA_AXIS), P()),
+                            out_specs=P(DATA_AXIS))
+        return jax.jit(cut)(self.data, jax.random.key_data(key))
+
     def bn_images(self, count: int, batch_size: int) -> List[np.ndarray]:
         return resident.augmented_images(self.arrays, self.margin, self.input_size,
                                          self.augment, self.seed, batch_size,
@@ -142,6 +151,10 @@ class HostInput:
             start=start_step, num_workers=self.config.num_workers)
         sharding = batch_sharding(self.mesh)
         return (pipeline.device_batch(batch, sharding) for batch in host)
+
+    def sample_batch(self, key: jax.Array) -> Dict[str, jax.Array]:
+        del key  # batch 0 of the run's seeded stream
+        return next(self.batches(0))
 
     def bn_images(self, count: int, batch_size: int) -> List[np.ndarray]:
         dataset = self._pipeline.train_dataset(
