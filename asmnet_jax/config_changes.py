@@ -140,11 +140,12 @@ def _plain(config: Any) -> Dict[str, Any]:
     return json.loads(json.dumps(dict(config), default=repr))
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """A nested mapping as one dict of dotted keys: ``{"optimizer.learning_rate": 0.001, ...}``."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -182,8 +183,8 @@ def compare_for_resume(saved: Mapping[str, Any], config: Any,
     """
     if defaults is None:
         defaults = base_config()
-    new = _flatten(_plain(config))
-    old = {**_flatten(_plain(defaults)), **LEGACY_VALUES, **_flatten(_plain(saved))}
+    new = flatten(_plain(config))
+    old = {**flatten(_plain(defaults)), **LEGACY_VALUES, **flatten(_plain(saved))}
     old = {key: old.get(key, MISSING) for key in new}
     refused, allowed = [], []
     for key, value in new.items():

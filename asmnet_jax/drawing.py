@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from asmnet_jax.data.pose import rotation_matrix
+from asmnet_jax.data.synthetic import draw_landmarks
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,8 +50,6 @@ def draw_faces(image, faces: Sequence[dict]) -> np.ndarray:
     """Copy of ``image`` (H, W, 3) uint8 RGB with each face of :func:`predict_images` drawn: the
     box (thin, yellow), the landmarks (green dots) and the pose axes at the centre of the
     landmarks' bounding box, half the face box long."""
-    from asmnet_jax.data.synthetic import draw_landmarks
-
     out = np.ascontiguousarray(np.array(image, np.uint8, copy=True))
     for face in faces:
         side = float(face["face_box"].side)

@@ -287,32 +287,8 @@ def evaluate_checkpoint(model, *, dataset: Optional[str] = None,
     results = {split: results[split] for split in reported}
 
     out = os.path.abspath(out or default_out_dir(loaded))
-    os.makedirs(out, exist_ok=True)
-    files = {key: os.path.join(out, name) for key, name in OUTPUT_FILES.items()}
-    row = loaded.model_name + (f" (step {loaded.step})" if loaded.step is not None else "")
-    notes = [f"Model: `{loaded.path}`",
-             f"Input: {loaded.input_size} px, face box margin {loaded.margin:g}"
-             f"{'; flip averaging' if flip else ''}; failure "
-             f"threshold {threshold:g} (NME as a fraction of the normaliser)",
-             f"Files: per-face results in `{OUTPUT_FILES['per_face_csv']}` and "
-             f"`{OUTPUT_FILES['per_face_npz']}`, CED in `{OUTPUT_FILES['ced']}`, predictions "
-             f"(green: ground truth, red: prediction; best to worst NME) in "
-             f"`{OUTPUT_FILES['grid']}`"]
-    report = reports.markdown_report(results, dataset, row, threshold, notes)
-    with atomic_open(files["report"]) as f:
-        f.write(report)
-    reports.plot_ced(files["ced"], {split: _split_errors(split, nme, normalisers[0])
-                                    for split in reported}, threshold, normalisers[0])
-    selection = reports.grid_selection(faces, {s: nme[s][normalisers[0]] for s in faces},
-                                       grid_faces)
-    if selection:
-        reports.write_grid(files["grid"], selection, faces, arrays, loaded.input_size,
-                           loaded.margin)
-    else:
-        files.pop("grid")
-    reports.write_per_face(files["per_face_csv"], files["per_face_npz"], faces, nme,
-                           loaded.input_size)
-
+    files, report = _write_reports(out, loaded, dataset, results, reported, faces, nme,
+                                   normalisers[0], arrays, threshold, flip, grid_faces)
     head = headline_split(results, reported)
     summary = {key: results[head][key] for key in ("nme", "fr", "auc", "count", "pose_mae")
                if key in results[head]}
@@ -335,3 +311,34 @@ def _split_errors(split: str, nme: Mapping[str, Mapping[str, np.ndarray]],
     if split in nme:
         return nme[split][normaliser]
     return metrics.full_set_nme(*(nme[p][normaliser] for p in FULL_SET_PARTS))
+
+
+def _write_reports(out: str, loaded, dataset: str, results, reported, faces, nme,
+                   normaliser: str, arrays, threshold: float, flip: bool, grid_faces: int):
+    """Writes ``report.md``, the CED plot, the prediction grid and the per-face files to
+    ``out``; returns ({output: path}, the report's Markdown)."""
+    os.makedirs(out, exist_ok=True)
+    files = {key: os.path.join(out, name) for key, name in OUTPUT_FILES.items()}
+    row = loaded.model_name + (f" (step {loaded.step})" if loaded.step is not None else "")
+    notes = [f"Model: `{loaded.path}`",
+             f"Input: {loaded.input_size} px, face box margin {loaded.margin:g}"
+             f"{'; flip averaging' if flip else ''}; failure "
+             f"threshold {threshold:g} (NME as a fraction of the normaliser)",
+             f"Files: per-face results in `{OUTPUT_FILES['per_face_csv']}` and "
+             f"`{OUTPUT_FILES['per_face_npz']}`, CED in `{OUTPUT_FILES['ced']}`, predictions "
+             f"(green: ground truth, red: prediction; best to worst NME) in "
+             f"`{OUTPUT_FILES['grid']}`"]
+    report = reports.markdown_report(results, dataset, row, threshold, notes)
+    with atomic_open(files["report"]) as f:
+        f.write(report)
+    reports.plot_ced(files["ced"], {split: _split_errors(split, nme, normaliser)
+                                    for split in reported}, threshold, normaliser)
+    selection = reports.grid_selection(faces, {s: nme[s][normaliser] for s in faces}, grid_faces)
+    if selection:
+        reports.write_grid(files["grid"], selection, faces, arrays, loaded.input_size,
+                           loaded.margin)
+    else:
+        files.pop("grid")
+    reports.write_per_face(files["per_face_csv"], files["per_face_npz"], faces, nme,
+                           loaded.input_size)
+    return files, report

@@ -19,6 +19,7 @@ import json
 import sys
 
 from asmnet_jax.cli import make_parser, run
+from asmnet_jax.data import sources
 
 PROG = "asmnet-build-data"
 DATASETS = ("w300", "wflw", "synthetic_faces")
@@ -49,8 +50,6 @@ def _build(args: argparse.Namespace) -> int:
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     exported = {}
     if args.npz:
-        from asmnet_jax.data import sources
-
         num_landmarks = builder.info.features["landmarks"].shape[0]
         for split in splits:
             path = sources.npz_path(args.npz, args.name, split)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from asmnet_jax.config_changes import flatten
 from experiments import common
 
 #: Config keys whose change does not change a run's results: a finished or partial run with
@@ -64,17 +65,6 @@ def build_config(config_file: str, overrides: Sequence[Tuple[str, str]], cell: C
 def config_as_dict(config) -> Dict:
     """The JSON form ``train_and_evaluate`` saves as ``config.json``, read back."""
     return json.loads(config.to_json_best_effort())
-
-
-def flatten(tree: Mapping, prefix: str = "") -> Dict[str, object]:
-    """A nested dict as one dict of dotted keys: ``{"optimizer.learning_rate": 0.001, ...}``."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_differences(saved: Mapping, requested: Mapping,
