@@ -153,19 +153,19 @@ def unknown_key_message(name: str) -> str:
     return f"unknown config key config.{name}{hint}"
 
 
+def _check_known_keys(config, reference=None, prefix: str = "") -> None:
+    """Rejects the first key of ``config`` the schema does not have, with the key meant."""
+    reference = base_config() if reference is None else reference
+    for key in config.keys():
+        if key not in reference:
+            raise ConfigError(unknown_key_message(f"{prefix}{key}"))
+        if isinstance(reference[key], ml_collections.ConfigDict):
+            _check_known_keys(config[key], reference[key], f"{prefix}{key}.")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Rejects unknown keys and bad values before anything is built, naming the key."""
-    reference = base_config()
-
-    def walk(cfg, ref, prefix):
-        for key in cfg.keys():
-            name = f"{prefix}{key}"
-            if key not in ref:
-                raise ConfigError(unknown_key_message(name[len("config."):]))
-            if isinstance(ref[key], ml_collections.ConfigDict):
-                walk(cfg[key], ref[key], name + ".")
-
-    walk(config, reference, "config.")
+    _check_known_keys(config)
 
     def require(ok, key, message):
         if not ok:
