@@ -380,7 +380,7 @@ def make_haar(min_score: Optional[float] = None) -> Detector:
     return detect
 
 
-# Calibrations, measured by `python experiments/calibrate_detectors.py` (its defaults, seed 0):
+# Calibrations, measured by `python -m experiments.calibrate_detectors` (its defaults, seed 0):
 # measure_calibration on the 1,207 real faces of the shared 300W subset (AFW + HELEN train; each
 # photo is a crop around one annotated face), pooled over two face sizes: the photos as they are
 # (landmark box ~224 px, ~55 % of the photo's longer side) and shrunk onto a grey 1024 x 768 canvas

@@ -1,21 +1,15 @@
-"""experiments/calibrate_detectors.py: the measurement behind detection.py's box calibrations.
+"""experiments.calibrate_detectors: the measurement behind detection.py's box calibrations.
 
 A few real 300W faces (skipped without the shared data) check the JSON line and that BlazeFace
 short range's measured scale lands near the shipped constant; bad ``--data`` is one error line.
 """
 
 import json
-import pathlib
-import sys
 
 import pytest
 
 from asmnet_jax import detection
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import calibrate_detectors  # noqa: E402
+from experiments import calibrate_detectors
 
 MEASURED_KEYS = {"faces", "detected", "shipped", "seconds", "median", "iqr", "iou_before",
                  "iou_after", "difference"}

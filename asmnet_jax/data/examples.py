@@ -1,11 +1,12 @@
 """Stored examples: the face crop every dataset keeps, made the same way for 300W, WFLW and
 synthetic faces.
 
-An example (see :mod:`asmnet_jax.data.pipeline`) holds a square crop of ``STORE_SIZE`` pixels
-around the face: the face box (the landmarks' square bounding box, or a detection box) grown by
-``STORE_MARGIN`` of its side on each side, so that augmentation (rotation, scale, translation) has
-real context around the face. ``box`` gives the face box in crop pixels; the pipeline adds the
-training margin to it and maps the result onto the model input.
+An example (its keys: :mod:`asmnet_jax.data.sources`) holds a square crop of ``STORE_SIZE``
+pixels around the face: the face box (the landmarks' square bounding box, or a detection box)
+grown by ``STORE_MARGIN`` of its side on each side, so that augmentation (rotation, scale,
+translation) has real context around the face. ``box`` gives the face box in crop pixels;
+:func:`asmnet_jax.data.crop.base_matrix` adds the training margin to it and maps the result onto
+the model input (for training, validation and ``asmnet-eval`` alike).
 """
 
 from __future__ import annotations

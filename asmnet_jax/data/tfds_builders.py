@@ -10,9 +10,10 @@ crops every face once (:mod:`asmnet_jax.data.examples`), labels its pose, and wr
   by PnP to the project's 3D face template;
 * ``name``, ``subset`` text, ``flags`` (6,) int64 (WFLW attributes; zeros elsewhere).
 
-Build once (``asmnet-build-data``) and read with :func:`data_source`, which returns a grain random
-access source for the input pipeline. Importing this module needs ``tensorflow-datasets``; building
-needs TensorFlow too.
+Build once (``asmnet-build-data``) and read with :func:`data_source`, which returns a random
+access source of a split; :func:`asmnet_jax.data.sources.open_split` calls it for training and
+evaluation alike. Importing this module needs ``tensorflow-datasets``; building needs TensorFlow
+too.
 """
 
 from __future__ import annotations
