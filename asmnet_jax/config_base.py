@@ -39,7 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_landmarks = 68
     c.asm_loss = True             # False: plain MSE (ASMNet_nr, mnv2)
     c.asm_variance = 0.90         # PCA accuracy of the shape model (paper's sweep: 0.80 .. 0.97)
-    c.landmark_loss = "l2"        # "l2" (the paper's squared error) or "l1" (absolute error)
+    c.landmark_loss = "l2"        # "l2" (the paper's squared error), "l1" (absolute) or "wing"
+    # The Wing loss's width and curvature (landmark_loss="wing"), in the model's units (fractions
+    # of the crop side): the paper's 10 and 2 pixels at a 128-pixel input.
+    c.wing_width = 10.0 / 128.0
+    c.wing_epsilon = 2.0 / 128.0
     c.head_l2 = 0.01              # L2 on both heads, Keras convention (0 disables)
     c.dropout_rate = 0.3          # ASMNet only
     c.dtype = "float32"           # compute dtype: "float32" or "bfloat16" (params stay float32)
@@ -198,6 +202,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(0.0 <= config.ema_decay < 1.0, "ema_decay", f"{config.ema_decay} is not in [0, 1)")
     require(config.landmark_loss in LANDMARK_LOSSES, "landmark_loss",
             f"{config.landmark_loss!r} is not one of {LANDMARK_LOSSES}")
+    require(config.wing_width > 0.0, "wing_width", f"{config.wing_width}: must be positive")
+    require(config.wing_epsilon > 0.0, "wing_epsilon",
+            f"{config.wing_epsilon}: must be positive")
     require(config.input_range in INPUT_RANGES, "input_range",
             f"{config.input_range!r} is not one of {INPUT_RANGES}")
     require(config.init in INITS, "init",

@@ -13,6 +13,12 @@ Shapes: landmarks (B, 2n) and pose (B, 3) in the model's units (:mod:`asmnet_jax
 the few faces with large errors dominate the gradient late in training, while L1 keeps pulling
 the many nearly-right points closer (the rest of the loss is unchanged).
 
+``landmark_loss="wing"`` uses the Wing loss of Feng et al. (CVPR 2018) on each coordinate's error
+``x``: ``w ln(1 + |x| / eps)`` below ``w``, ``|x| - C`` above, ``C = w - w ln(1 + w / eps)``
+(continuous at ``w``); small and medium errors get a larger gradient than under L1, large ones the
+same. ``(w, eps)`` are in the model's units (fractions of the crop side): the default
+:data:`WING` is the paper's (10, 2) pixels at a 128-pixel input.
+
 ``head_l2`` is the authors' Keras penalty on both heads: ``weight * sum(w^2)`` over kernel and
 bias (no 1/2), 0.01 in the authors' ASMNet, off in mnv2.
 """
@@ -30,8 +36,10 @@ ALPHAS = (2.0, 1.0, 0.5)
 FACIAL_WEIGHT = 1.0
 POSE_WEIGHT = 0.5
 HEAD_L2_WEIGHT = 0.01
-#: Distances of the landmark terms: the paper's squared error, or the absolute error.
-LANDMARK_LOSSES = ("l2", "l1")
+#: Distances of the landmark terms: the paper's squared error, the absolute error, Wing.
+LANDMARK_LOSSES = ("l2", "l1", "wing")
+#: The Wing loss's (width w, curvature eps) in model units: the paper's (10, 2) px at 128 px.
+WING = (10.0 / 128.0, 2.0 / 128.0)
 
 
 def landmark_mse(predicted, target):
@@ -44,10 +52,21 @@ def landmark_l1(predicted, target):
     return jnp.mean(jnp.abs(target.astype(jnp.float32) - predicted.astype(jnp.float32)))
 
 
-def landmark_distance(kind: str):
-    """The landmark term's distance function for ``kind`` in :data:`LANDMARK_LOSSES`."""
+def landmark_wing(predicted, target, width: float = WING[0], epsilon: float = WING[1]):
+    """The mean Wing loss over (B, 2n) (see the module docstring)."""
+    error = jnp.abs(target.astype(jnp.float32) - predicted.astype(jnp.float32))
+    width, epsilon = float(width), float(epsilon)
+    offset = width - width * jnp.log1p(width / epsilon)
+    return jnp.mean(jnp.where(error < width, width * jnp.log1p(error / epsilon), error - offset))
+
+
+def landmark_distance(kind: str, wing=WING):
+    """The landmark term's distance function for ``kind`` in :data:`LANDMARK_LOSSES`; ``wing``:
+    the Wing loss's (width, epsilon)."""
     if kind not in LANDMARK_LOSSES:
         raise ValueError(f"landmark loss must be one of {LANDMARK_LOSSES}, got {kind!r}")
+    if kind == "wing":
+        return lambda predicted, target: landmark_wing(predicted, target, *wing)
     return landmark_mse if kind == "l2" else landmark_l1
 
 
@@ -56,11 +75,11 @@ def pose_mse(predicted, target):
     return jnp.mean(jnp.square(target.astype(jnp.float32) - predicted.astype(jnp.float32)))
 
 
-def asm_loss(predicted, target, shape_model: ShapeModel, landmark_loss: str = "l2"):
-    """mean((ASM(target) - predicted)^2) (or the mean absolute error for ``"l1"``): the distance
+def asm_loss(predicted, target, shape_model: ShapeModel, landmark_loss: str = "l2", wing=WING):
+    """mean((ASM(target) - predicted)^2) (or the landmark loss ``landmark_loss``): the distance
     to the ASM-smoothed ground truth."""
     smoothed = shape_model.project(target.astype(jnp.float32))
-    return landmark_distance(landmark_loss)(predicted, smoothed)
+    return landmark_distance(landmark_loss, wing)(predicted, smoothed)
 
 
 def asm_alpha(epoch, total_epochs):
@@ -87,7 +106,7 @@ def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
                shape_model: Optional[ShapeModel] = None, alpha=0.0,
                params: Optional[Mapping] = None, head_l2_weight: float = 0.0,
                facial_weight: float = FACIAL_WEIGHT, pose_weight: float = POSE_WEIGHT,
-               landmark_loss: str = "l2"):
+               landmark_loss: str = "l2", wing=WING):
     """The whole loss and every term, for logging.
 
     Args:
@@ -95,19 +114,20 @@ def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
       shape_model: the ASM; None for the plain-MSE variants (ASMNet_nr, mnv2), where L_asm is 0.
       alpha: weight of L_asm (see :func:`asm_alpha`); may be traced.
       params: model params, needed when ``head_l2_weight > 0``.
-      landmark_loss: ``"l2"`` (the paper) or ``"l1"`` for both landmark terms.
+      landmark_loss: ``"l2"`` (the paper), ``"l1"`` or ``"wing"`` for both landmark terms;
+        ``wing``: the Wing loss's (width, epsilon).
 
     Returns:
       (total, terms) with terms ``mse``, ``asm``, ``alpha``, ``facial``, ``pose``, ``head_l2``,
       ``total``, all float32 scalars (``mse`` is the landmark term, the mean absolute error
       under ``landmark_loss="l1"``).
     """
-    mse = landmark_distance(landmark_loss)(landmarks_pred, landmarks_gt)
+    mse = landmark_distance(landmark_loss, wing)(landmarks_pred, landmarks_gt)
     zero = jnp.zeros((), jnp.float32)
     if shape_model is None:
         asm, alpha = zero, zero
     else:
-        asm = asm_loss(landmarks_pred, landmarks_gt, shape_model, landmark_loss)
+        asm = asm_loss(landmarks_pred, landmarks_gt, shape_model, landmark_loss, wing)
         alpha = jnp.asarray(alpha, jnp.float32)
     facial = mse + alpha * asm
     pose = pose_mse(pose_pred, pose_gt)

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.landmarks import FLIP_ORDERS
-from asmnet_jax.losses import asm_alpha, total_loss
+from asmnet_jax.losses import WING, asm_alpha, total_loss
 from asmnet_jax.mesh import DATA_AXIS
 #: Compiled programs (init, train step, eval step) kept per process: runs that repeat a model and
 #: its settings in one process (sweeps, notebooks, tests) reuse them instead of tracing anew.
@@ -61,6 +61,7 @@ class LossSettings:
     head_l2_weight: float = flax.struct.field(pytree_node=False, default=0.0)
     pose_weight: float = flax.struct.field(pytree_node=False, default=0.5)
     landmark_loss: str = flax.struct.field(pytree_node=False, default="l2")
+    wing: Tuple[float, float] = flax.struct.field(pytree_node=False, default=WING)
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
@@ -152,7 +153,7 @@ def train_step(state: TrainState, inputs, shape_model: Optional[ShapeModel],
                                  shape_model=shape_model, alpha=alpha, params=params,
                                  head_l2_weight=settings.head_l2_weight,
                                  pose_weight=settings.pose_weight,
-                                 landmark_loss=settings.landmark_loss)
+                                 landmark_loss=settings.landmark_loss, wing=settings.wing)
         return loss, (terms, updates["batch_stats"])
 
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -266,6 +266,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     settings = steps_lib.LossSettings(
         total_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
         head_l2_weight=config.head_l2, landmark_loss=config.landmark_loss,
+        wing=(float(config.wing_width), float(config.wing_epsilon)),
         ema_decay=config.ema_decay)
     checkpoints = run_dir.Checkpoints(workdir, config.keep_checkpoints)
     state, meta = _initial_state(config, model, optimizer, train_input, shapes, poses,

@@ -84,3 +84,29 @@ def test_head_l2_needs_params():
     z = jnp.zeros((1, 4))
     with pytest.raises(ValueError, match="params"):
         total_loss(z, jnp.zeros((1, 3)), z, jnp.zeros((1, 3)), head_l2_weight=0.01)
+
+
+def test_wing_loss_by_hand_is_continuous_and_steeper_than_l1_for_small_errors():
+    from asmnet_jax.losses import WING, landmark_wing
+
+    w, eps = WING
+    target = jnp.zeros((1, 4))
+    errors = jnp.asarray([[0.25 * w, w - 1e-6, w + 1e-6, 3 * w]])
+    got = float(landmark_wing(errors, target))
+    offset = w - w * np.log1p(w / eps)
+    by_hand = np.mean([w * np.log1p(0.25 * w / eps), w * np.log1p((w - 1e-6) / eps),
+                       (w + 1e-6) - offset, 3 * w - offset])
+    assert got == pytest.approx(by_hand, rel=1e-5)
+    # Continuous at w, and its gradient below w is w / (eps + |x|) > 1 (L1's), 1 above.
+    below, above = (float(landmark_wing(jnp.full((1, 1), x), jnp.zeros((1, 1))))
+                    for x in (w - 1e-5, w + 1e-5))
+    # No jump at w: the difference is the two slopes (w / (eps + w) below, 1 above) times 1e-5.
+    assert above - below == pytest.approx((w / (eps + w) + 1.0) * 1e-5, rel=2e-2)
+    grad = jax.grad(lambda p: landmark_wing(p, jnp.zeros((1, 1))))
+    assert float(grad(jnp.full((1, 1), 0.1 * w))[0, 0]) == pytest.approx(w / (eps + 0.1 * w),
+                                                                          rel=1e-4)
+    assert float(grad(jnp.full((1, 1), 2 * w))[0, 0]) == pytest.approx(1.0)
+    # total_loss takes it for both landmark terms, with the given (w, eps).
+    _, terms = total_loss(errors, jnp.zeros((1, 3)), target, jnp.zeros((1, 3)),
+                          landmark_loss="wing", wing=(w, eps))
+    assert float(terms["mse"]) == pytest.approx(got, rel=1e-6)
