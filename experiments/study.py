@@ -15,6 +15,14 @@ its own epochs). The other rows evaluate the raw weights, as the first recipe di
 (``STUDY_BASE``); the ``ema`` row adds the average. Each run also reports its validation NME with test-time flip averaging
 (``final_flip_eval``).
 
+The ``full_*`` cells are the second study: each is the config file as it stands (weight average,
+its own 34 epochs) with one change: input size 160 / 192 / 224, the Wing loss, the MobileNetV2
+baseline, 60 epochs, weak augmentation, a slower weight average. They take 15-60 minutes each on
+two cores; pick some with ``--only``:
+
+    python -m experiments.study --workdir runs/study --seeds 0 --only full_wing full_size192 \\
+        --set data_dir=~/tensorflow_datasets --imagenet /path/to/imagenet_no_top.h5
+
 ``synthetic`` needs ``--synthetic-model``: a workdir or model directory of ASMNet trained on
 synthetic faces at the same input size (e.g. ``asmnet-train --workdir runs/synth128
 --config.input_size=128 --config.num_epochs=20``); without it that cell is left out.
@@ -33,6 +41,11 @@ from experiments import common, grid
 SCRATCH = {"init": "scratch", "input_range": "unit"}
 #: A cell setting that takes the config file's value (over STUDY_BASE and --epochs).
 FROM_FILE = "<the config file's>"
+#: The config file as it stands (weight average, its own epochs): the full-length cells.
+CURRENT_RECIPE = {"ema_decay": FROM_FILE, "num_epochs": FROM_FILE}
+WEAK_AUGMENT = {"augment.rotation_deg": 10.0, "augment.scale_range": (0.9, 1.1),
+                "augment.translation": 0.04, "augment.occlusion_enabled": False,
+                "augment.blur_enabled": False, "augment.noise_enabled": False}
 #: (directory, label, what it changes from the recipe, settings), in the table's order.
 CELLS = (
     ("reference", "reference", "-", {}),
@@ -49,10 +62,7 @@ CELLS = (
      {"optimizer.schedule": "constant", "optimizer.learning_rate": 5e-4}),
     ("bn0.99", "BN momentum 0.99", "BN momentum", {"bn_momentum": 0.99}),
     ("no_head_l2", "no head L2 penalty", "regularisation", {"head_l2": 0.0}),
-    ("weak_aug", "weak augmentation", "augmentation",
-     {"augment.rotation_deg": 10.0, "augment.scale_range": (0.9, 1.1),
-      "augment.translation": 0.04, "augment.occlusion_enabled": False,
-      "augment.blur_enabled": False, "augment.noise_enabled": False}),
+    ("weak_aug", "weak augmentation", "augmentation", WEAK_AUGMENT),
     ("no_aug", "no augmentation", "augmentation", {"augment.enabled": False}),
     ("authors", "the authors' recipe", "everything",
      {**SCRATCH, "landmark_loss": "l2", "optimizer.schedule": "authors_cyclic",
@@ -62,6 +72,20 @@ CELLS = (
     ("recipe", "first CPU recipe, 35 epochs", "epochs", {"num_epochs": 35}),
     ("recipe_ema", "the CPU recipe (EMA), full length", "epochs, weights",
      {"ema_decay": FROM_FILE, "num_epochs": FROM_FILE}),
+    # One change at a time against the current CPU recipe at its full length (weight average,
+    # 34 epochs): the second study, for a model at or below 4.10 %.
+    *((f"full_{key}", f"CPU recipe, {label}", changes, {**CURRENT_RECIPE, **settings})
+      for key, label, changes, settings in (
+          ("size160", "160 px", "input size", {"input_size": 160}),
+          ("size192", "192 px", "input size", {"input_size": 192}),
+          ("size224", "224 px", "input size", {"input_size": 224}),
+          ("wing", "Wing loss", "loss", {"landmark_loss": "wing"}),
+          ("mnv2", "the MobileNetV2 baseline", "network",
+           {"model": "mnv2", "dropout_rate": 0.0, "head_l2": 0.0}),
+          ("epochs60", "60 epochs", "epochs", {"num_epochs": 60}),
+          ("weak_aug", "weak augmentation", "augmentation", WEAK_AUGMENT),
+          ("ema0.999", "slower weight average (0.999)", "evaluated weights",
+           {"ema_decay": 0.999}))),
 )
 
 #: What every cell holds unless it sets it: the rows compare against the first recipe, which
