@@ -22,6 +22,9 @@ from __future__ import annotations
 import sys
 
 from asmnet_jax.config_base import base_config
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.ablation ...")
+
 from experiments import common, grid
 
 #: (label, directory, model, ASM loss), in the order of the paper's table

@@ -22,6 +22,9 @@ import sys
 import numpy as np
 
 from asmnet_jax.config_base import base_config
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.asm_accuracy ...")
+
 from experiments import common, grid
 
 DEFAULT_VARIANCES = (0.80, 0.85, 0.90, 0.95, 0.97)

@@ -71,6 +71,9 @@ import time
 
 import numpy as np
 
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.bench_gpu ...")
+
 from experiments.common import emit, make_batch, prepare_run, run_side, say
 
 DTYPES = ("bfloat16", "float32")

@@ -47,6 +47,9 @@ import sys
 import tempfile
 import time
 
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.bench_loop ...")
+
 from experiments import common
 
 GPU_PRESET = {"dtype": "bfloat16", "batch_size": "256", "input_size": "224"}

@@ -14,7 +14,7 @@ import numpy as np
 
 from asmnet_jax import landmarks as lm
 from asmnet_jax.data import examples, pipeline, splits, synthetic, w300
-from asmnet_jax.data.pipeline import InMemorySource
+from asmnet_jax.data.sources import InMemorySource
 
 SIZE = 160
 

@@ -48,6 +48,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.pose_frame ...")
+
 from experiments.common import ROOT
 
 #: Published mean faces kept in this repository (numbers only; see experiments/data/README.md).

@@ -36,6 +36,9 @@ from __future__ import annotations
 import os
 import sys
 
+if __name__ == "__main__" and not __package__:  # run as a file: the imports below would fail
+    raise SystemExit("run it from the repository root as: python -m experiments.study ...")
+
 from experiments import common, grid
 
 SCRATCH = {"init": "scratch", "input_range": "unit"}
