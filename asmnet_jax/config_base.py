@@ -45,6 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.wing_width = 10.0 / 128.0
     c.wing_epsilon = 2.0 / 128.0
     c.head_l2 = 0.01              # L2 on both heads, Keras convention (0 disables)
+    # Distillation (beyond the paper): a trained teacher (a training workdir, whose best
+    # checkpoint is taken, WORKDIR/checkpoints/STEP, a model directory or a shipped model's name;
+    # "" = off) predicts landmarks and pose on the same augmented batch the student trains on,
+    # and distill_weight * (landmark distance under landmark_loss + 0.5 * pose MSE) to its
+    # predictions is added to the loss. The teacher must have num_landmarks points; a teacher of
+    # another input size sees the student's crops resized on the device (bilinear).
+    c.distill_teacher = ""
+    c.distill_weight = 1.0
     c.dropout_rate = 0.3          # ASMNet only
     c.dtype = "float32"           # compute dtype: "float32" or "bfloat16" (params stay float32)
     c.depthwise_impl = "auto"     # "auto", "shift", "xla" or "mixed" (asmnet_jax.depthwise)
@@ -225,6 +233,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(0.0 <= config.dropout_rate < 1.0, "dropout_rate",
             f"{config.dropout_rate} is not in [0, 1)")
     require(config.head_l2 >= 0.0, "head_l2", f"{config.head_l2} is negative")
+    require(config.distill_weight >= 0.0, "distill_weight",
+            f"{config.distill_weight} is negative")
     require(config.num_workers >= 0, "num_workers", f"{config.num_workers} is negative")
     require(config.input in INPUTS, "input", f"{config.input!r} is not one of {INPUTS}")
     for split in ("train", "validation"):

@@ -33,7 +33,7 @@ The rule, by key (``asmnet_jax/config_base.py`` is the schema):
   - how it started: ``init``, ``init_path``, ``init_bn_images``, ``head_init`` (only read when a
     run starts, but ``config.json`` would then misstate where the checkpoints came from);
   - the loss: ``asm_loss``, ``asm_variance``, ``landmark_loss``, ``wing_width``,
-    ``wing_epsilon``, ``head_l2``;
+    ``wing_epsilon``, ``head_l2``, ``distill_teacher``, ``distill_weight``;
   - the data: ``dataset``, ``train_split``, ``val_split`` (the best checkpoint is chosen on it),
     ``synthetic.*``, ``margin``, ``augment.*``;
   - the optimisation: ``batch_size`` (steps per epoch, hence the schedule), ``optimizer.*``,
@@ -45,7 +45,7 @@ The rule, by key (``asmnet_jax/config_base.py`` is the schema):
 A refused key is not a change where the run never used it, under both configs
 (:data:`UNUSED_WHEN`): ``synthetic.*`` of a TFDS dataset, ``init_path`` of a run from scratch,
 ``init_bn_images`` unless ``init="imagenet"``, ``asm_variance`` without the ASM loss, the Wing
-settings unless ``landmark_loss="wing"``,
+settings unless ``landmark_loss="wing"``, ``distill_weight`` without a ``distill_teacher``,
 ``dropout_rate`` of mnv2, ``optimizer.weight_decay`` unless adamw, ``optimizer.b2`` of SGD,
 ``optimizer.warmup_epochs`` unless the cosine schedule, the cyclic settings unless
 ``schedule="authors_cyclic"``. So a config file edited in a setting the run does not read can
@@ -81,6 +81,7 @@ REFUSED = frozenset({
     "model", "num_landmarks", "input_size", "input_range", "dropout_rate", "bn_momentum", "dtype",
     "init", "init_path", "init_bn_images", "head_init",
     "asm_loss", "asm_variance", "landmark_loss", "wing_width", "wing_epsilon", "head_l2",
+    "distill_teacher", "distill_weight",
     "dataset", "train_split", "val_split", "synthetic.", "margin", "augment.",
     "batch_size", "optimizer.", "ema_decay", "seed",
 })
@@ -96,6 +97,7 @@ UNUSED_WHEN: Tuple[Tuple[str, Callable[[Mapping[str, Any]], bool]], ...] = (
     ("init_bn_images", lambda c: c.get("init") != "imagenet"),
     ("asm_variance", lambda c: c.get("asm_loss") is False),
     *((key, lambda c: c.get("landmark_loss") != "wing") for key in ("wing_width", "wing_epsilon")),
+    ("distill_weight", lambda c: not c.get("distill_teacher")),
     ("dropout_rate", lambda c: c.get("model") != "asmnet"),
     ("optimizer.weight_decay", lambda c: c.get("optimizer.name") != "adamw"),
     ("optimizer.b2", lambda c: c.get("optimizer.name") == "sgd"),

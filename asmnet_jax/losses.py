@@ -21,6 +21,12 @@ same. ``(w, eps)`` are in the model's units (fractions of the crop side): the de
 
 ``head_l2`` is the authors' Keras penalty on both heads: ``weight * sum(w^2)`` over kernel and
 bias (no 1/2), 0.01 in the authors' ASMNet, off in mnv2.
+
+Distillation (``config.distill_teacher``, beyond the paper) adds a term for a teacher's
+predictions ``(T, T_pose)`` on the same augmented images (:func:`distillation_loss`):
+
+    L_distill = d(T, P) + 0.5 * mean((T_pose - pose_pred)^2)    d: the landmark loss's distance
+    L         = (the loss above) + distill_weight * L_distill
 """
 
 from __future__ import annotations
@@ -82,6 +88,22 @@ def asm_loss(predicted, target, shape_model: ShapeModel, landmark_loss: str = "l
     return landmark_distance(landmark_loss, wing)(predicted, smoothed)
 
 
+def distillation_loss(landmarks, pose, teacher_landmarks, teacher_pose,
+                      landmark_loss: str = "l2", wing=WING, pose_weight: float = POSE_WEIGHT):
+    """The distance of the student's predictions to a teacher's on the same images:
+    ``d(teacher_landmarks, landmarks) + pose_weight * mean((teacher_pose - pose)^2)``, with ``d``
+    the landmark distance of ``landmark_loss`` (:func:`landmark_distance`). The teacher's
+    predictions are targets: no gradient flows into them.
+
+    Args:
+      landmarks, teacher_landmarks: (B, 2n) in model units. pose, teacher_pose: (B, 3).
+    """
+    teacher_landmarks = jax.lax.stop_gradient(teacher_landmarks)
+    teacher_pose = jax.lax.stop_gradient(teacher_pose)
+    return (landmark_distance(landmark_loss, wing)(landmarks, teacher_landmarks)
+            + pose_weight * pose_mse(pose, teacher_pose))
+
+
 def asm_alpha(epoch, total_epochs):
     """Weight of L_asm: 2 while epoch < E/3, 1 while epoch < 2E/3, then 0.5.
 
@@ -106,7 +128,7 @@ def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
                shape_model: Optional[ShapeModel] = None, alpha=0.0,
                params: Optional[Mapping] = None, head_l2_weight: float = 0.0,
                facial_weight: float = FACIAL_WEIGHT, pose_weight: float = POSE_WEIGHT,
-               landmark_loss: str = "l2", wing=WING):
+               landmark_loss: str = "l2", wing=WING, teacher=None, distill_weight: float = 1.0):
     """The whole loss and every term, for logging.
 
     Args:
@@ -116,11 +138,14 @@ def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
       params: model params, needed when ``head_l2_weight > 0``.
       landmark_loss: ``"l2"`` (the paper), ``"l1"`` or ``"wing"`` for both landmark terms;
         ``wing``: the Wing loss's (width, epsilon).
+      teacher: None, or a teacher's ``(landmarks (B, 2n), pose (B, 3))`` on the same images:
+        ``distill_weight * ``:func:`distillation_loss` is added to the total (same landmark
+        distance and pose weight as the label terms).
 
     Returns:
       (total, terms) with terms ``mse``, ``asm``, ``alpha``, ``facial``, ``pose``, ``head_l2``,
       ``total``, all float32 scalars (``mse`` is the landmark term, the mean absolute error
-      under ``landmark_loss="l1"``).
+      under ``landmark_loss="l1"``), and ``distill`` (unweighted) with a teacher.
     """
     mse = landmark_distance(landmark_loss, wing)(landmarks_pred, landmarks_gt)
     zero = jnp.zeros((), jnp.float32)
@@ -139,5 +164,11 @@ def total_loss(landmarks_pred, pose_pred, landmarks_gt, pose_gt, *,
         penalty = zero
     total = facial_weight * facial + pose_weight * pose + penalty
     terms = {"mse": mse, "asm": asm, "alpha": alpha, "facial": facial, "pose": pose,
-             "head_l2": penalty, "total": total}
+             "head_l2": penalty}
+    if teacher is not None:
+        distill = distillation_loss(landmarks_pred, pose_pred, *teacher, landmark_loss, wing,
+                                    pose_weight)
+        total = total + distill_weight * distill
+        terms["distill"] = distill
+    terms["total"] = total
     return total, terms

@@ -10,10 +10,15 @@ or TPU cores, and several hosts.
 The ASM projection and the alpha schedule run inside the step: the shape model is an argument (a
 pytree of device arrays) and the epoch is computed from the traced step counter, so nothing goes
 back to the host and nothing recompiles from one epoch to the next.
+
+With distillation (:class:`Teacher`), a trained teacher model runs in inference mode inside the
+same step on the images the student trains on; its variables are an argument like the shape
+model, its module and input size are static (part of what the step is compiled for).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -63,6 +68,18 @@ class LossSettings:
     landmark_loss: str = flax.struct.field(pytree_node=False, default="l2")
     wing: Tuple[float, float] = flax.struct.field(pytree_node=False, default=WING)
     ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+    # Weight of the distillation term (used only when the step has a Teacher).
+    distill_weight: float = flax.struct.field(pytree_node=False, default=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """The static half of a distillation teacher (``config.distill_teacher``): its Flax module
+    and the input size it was trained at; its variables are the step's ``teacher_variables``
+    argument. Hashable, so that equal teachers share compiled steps."""
+
+    model: Any
+    input_size: int
 
 
 def images_to_unit(images, dtype=jnp.float32):
@@ -126,16 +143,40 @@ def epoch_of(step, steps_per_epoch: int):
     return step // steps_per_epoch
 
 
+def teacher_predictions(teacher: Teacher, teacher_variables, images):
+    """The teacher's (landmarks, pose) on ``images`` ([0, 1], (B, S, S, 3)), in inference mode and
+    without gradient. Images of another size than the teacher's input are resized to it
+    (bilinear, ``jax.image.resize``) on the device: the teacher then sees the student's crop
+    resampled (upsampled, for a small student), not a crop made at its own resolution, so a
+    teacher trained at the student's input size is preferable."""
+    size = int(teacher.input_size)
+    if images.shape[1:3] != (size, size):
+        images = jax.image.resize(images, (images.shape[0], size, size, images.shape[3]),
+                                  "bilinear")
+    landmarks, pose = teacher.model.apply(teacher_variables, images, train=False)
+    return (lax.stop_gradient(landmarks.astype(jnp.float32)),
+            lax.stop_gradient(pose.astype(jnp.float32)))
+
+
 def train_step(state: TrainState, inputs, shape_model: Optional[ShapeModel],
-               *, model, optimizer: optax.GradientTransformation, settings: LossSettings,
-               make_batch: Optional[Callable] = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
+               teacher_variables=None, *, model, optimizer: optax.GradientTransformation,
+               settings: LossSettings, make_batch: Optional[Callable] = None,
+               teacher: Optional[Teacher] = None) -> Tuple[TrainState, Dict[str, jax.Array]]:
     """One step on this device's part of the data (call under shard_map over ``data``).
 
     ``inputs`` is this device's shard of the batch ({'image', 'landmarks', 'pose', 'mask'}), or,
     with ``make_batch``, whatever ``make_batch(inputs, step, key)`` cuts this device's batch from
     inside the step (a resident data set: :class:`asmnet_jax.data.resident.ResidentSpec`), from
     the state's step and key.
+
+    With a ``teacher`` (distillation), ``teacher_variables`` are its variables and the teacher's
+    predictions on the batch's (augmented) images add ``settings.distill_weight *``
+    :func:`asmnet_jax.losses.distillation_loss` to the loss (term ``distill``); without one,
+    ``teacher_variables`` must be None and the step is the plain one.
     """
+    if (teacher is None) != (teacher_variables is None):
+        raise ValueError("teacher_variables must be given exactly when the step was compiled "
+                         "with a teacher")
     batch = inputs if make_batch is None else make_batch(
         inputs, state.step, jax.random.wrap_key_data(state.rng))
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -143,6 +184,8 @@ def train_step(state: TrainState, inputs, shape_model: Optional[ShapeModel],
     epoch = epoch_of(state.step, settings.steps_per_epoch)
     alpha = asm_alpha(epoch, settings.total_epochs)
     mask = batch["mask"]
+    targets = None if teacher is None else teacher_predictions(
+        teacher, teacher_variables, images_to_unit(batch["image"]))
 
     def loss_fn(params):
         (landmarks, pose), updates = model.apply(
@@ -153,7 +196,8 @@ def train_step(state: TrainState, inputs, shape_model: Optional[ShapeModel],
                                  shape_model=shape_model, alpha=alpha, params=params,
                                  head_l2_weight=settings.head_l2_weight,
                                  pose_weight=settings.pose_weight,
-                                 landmark_loss=settings.landmark_loss, wing=settings.wing)
+                                 landmark_loss=settings.landmark_loss, wing=settings.wing,
+                                 teacher=targets, distill_weight=settings.distill_weight)
         return loss, (terms, updates["batch_stats"])
 
     (_, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -208,20 +252,29 @@ def eval_step(variables, batch: Dict[str, jax.Array], *, model,
             "pose": (pose[:count] + mirrored_pose) / 2}
 
 
-@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def compile_train_step(model, optimizer, settings: LossSettings, mesh,
-                       make_batch: Optional[Callable] = None) -> Callable:
-    """``step(state, inputs, shape_model) -> (state, metrics)``: jit over shard_map on ``mesh``.
+                       make_batch: Optional[Callable] = None,
+                       teacher: Optional[Teacher] = None) -> Callable:
+    """``step(state, inputs, shape_model, teacher_variables) -> (state, metrics)``: jit over
+    shard_map on ``mesh``.
 
-    ``model`` must be built with ``bn_axis_name='data'``. State and shape model are replicated,
-    ``inputs`` (a batch, or the data ``make_batch`` cuts batches from: :func:`train_step`) is
-    split along its first axis; the state's buffers are donated. The same arguments (equal model,
-    settings, mesh and batch function, the same optimizer object) give the same function, so a
-    second run in the process neither traces nor compiles again.
+    ``model`` must be built with ``bn_axis_name='data'``. State, shape model (None without the ASM
+    loss) and teacher variables (None without a ``teacher``) are replicated, ``inputs`` (a batch,
+    or the data ``make_batch`` cuts batches from: :func:`train_step`) is split along its first
+    axis; the state's buffers are donated. A None argument is an empty pytree: a step without a
+    teacher is the same program as before distillation existed. The same arguments (equal model,
+    settings, mesh, batch function and teacher, the same optimizer object) give the same
+    function, so a second run in the process neither traces nor compiles again.
     """
+    # One cache key however the defaults are passed (positionally, by name, or left out).
+    return _train_program(model, optimizer, settings, mesh, make_batch, teacher)
+
+
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
+def _train_program(model, optimizer, settings, mesh, make_batch, teacher) -> Callable:
     per_device = functools.partial(train_step, model=model, optimizer=optimizer,
-                                   settings=settings, make_batch=make_batch)
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                                   settings=settings, make_batch=make_batch, teacher=teacher)
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(), P()),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
 

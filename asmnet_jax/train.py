@@ -4,13 +4,14 @@
 opens the data (:mod:`asmnet_jax.data.sources`), fits the ASM on the training shapes, builds the
 model, the optimizer and the train state (fresh, from starting weights, or restored from the
 workdir's latest good checkpoint), the training input (:mod:`asmnet_jax.data.inputs`: on the
-device or on the host) and the validation set (:mod:`asmnet_jax.evaluation`). :func:`fit` is the
-loop: for each step it hands the input's next batch to the compiled data-parallel step
-(:mod:`asmnet_jax.steps`), logs every ``log_every_steps``, evaluates and checkpoints at epoch
-ends (:mod:`asmnet_jax.run_dir`), and stops with a clear message on a non-finite loss. A
-restarted run resumes with step, parameters, optimizer state, RNG and data position, and
-continues exactly as if it had never stopped. The benchmarks in ``experiments/`` time what
-:func:`prepare` builds, so they time what ``asmnet-train`` runs.
+device or on the host), the distillation teacher if the config names one, and the validation set
+(:mod:`asmnet_jax.evaluation`). :func:`fit` is the loop: for each step it hands the input's next
+batch to the compiled data-parallel step (:mod:`asmnet_jax.steps`), logs every
+``log_every_steps``, evaluates and checkpoints at epoch ends (:mod:`asmnet_jax.run_dir`), and
+stops with a clear message on a non-finite loss. A restarted run resumes with step, parameters,
+optimizer state, RNG and data position, and continues exactly as if it had never stopped. The
+benchmarks in ``experiments/`` time what :func:`prepare` builds, so they time what
+``asmnet-train`` runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from asmnet_jax import config_changes
+from asmnet_jax import inference
 from asmnet_jax import init as init_lib
 from asmnet_jax import metrics
 from asmnet_jax import run_dir
@@ -39,10 +41,11 @@ from asmnet_jax import steps as steps_lib
 from asmnet_jax.asm import ShapeModel
 from asmnet_jax.config_base import ConfigError, check_config
 from asmnet_jax.data import crop, inputs, sources
-from asmnet_jax.errors import AsmnetError
+from asmnet_jax.depthwise import resolve_impl
+from asmnet_jax.errors import AsmnetError, ModelError
 from asmnet_jax.evaluation import EvalSet
 from asmnet_jax.mesh import DATA_AXIS, host_copy, make_mesh, replicate
-from asmnet_jax.models import build_model
+from asmnet_jax.models import DTYPES, build_model
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +150,55 @@ def mean_head_init(params, mean_landmarks, mean_pose, scale: float = 0.1):
 
 
 # ----------------------------------------------------------------------------------------------
+# Distillation
+
+
+def check_teacher_path(path: str) -> str:
+    """``config.distill_teacher`` as an absolute path (a workdir, a checkpoint, a model directory
+    or a shipped model's name); raises :class:`ConfigError` naming it if there is none."""
+    try:
+        return inference.resolve_model_path(path)
+    except FileNotFoundError as error:
+        raise ConfigError(f"config.distill_teacher: {error}") from None
+
+
+def load_teacher(config) -> Tuple[steps_lib.Teacher, Dict]:
+    """The teacher of ``config.distill_teacher`` (its best checkpoint for a workdir) as
+    (:class:`asmnet_jax.steps.Teacher`, variables on the host), built in the run's compute dtype
+    and depthwise form. Raises :class:`ConfigError` naming the key when it does not load or does
+    not predict ``config.num_landmarks`` points."""
+    path = check_teacher_path(config.distill_teacher)
+    dtype = DTYPES[config.dtype]
+    try:
+        loaded = inference.load(path, dtype=dtype,
+                                depthwise_impl=resolve_impl(config.depthwise_impl, dtype))
+    except ModelError as error:
+        raise ConfigError(f"config.distill_teacher: {error}") from None
+    if loaded.num_landmarks != config.num_landmarks:
+        raise ConfigError(f"config.distill_teacher: {loaded.path} predicts "
+                          f"{loaded.num_landmarks} landmarks, but this run trains "
+                          f"{config.num_landmarks} (config.num_landmarks)")
+    if not math.isclose(loaded.margin, config.margin):
+        log.warning("distillation teacher %s was trained with margin %g, this run crops with %g: "
+                    "it sees faces at another scale than it was trained on", loaded.path,
+                    loaded.margin, config.margin)
+    log.info("distillation: teacher %s (%s, %d px%s), weight %g", loaded.path,
+             loaded.model_name, loaded.input_size,
+             "" if loaded.input_size == config.input_size else
+             f"; the {config.input_size} px crops are resized to it on the device",
+             config.distill_weight)
+    return steps_lib.Teacher(loaded.model, loaded.input_size), loaded.variables
+
+
+# ----------------------------------------------------------------------------------------------
 # Setup
 
 
 @dataclasses.dataclass
 class Run:
-    """Everything :func:`fit` needs, built by :func:`prepare`. ``state`` and ``shape_model`` are
-    replicated on ``mesh``; ``train_step`` is compiled for ``input``."""
+    """Everything :func:`fit` needs, built by :func:`prepare`. ``state``, ``shape_model`` and
+    ``teacher_variables`` are replicated on ``mesh``; ``train_step`` is compiled for ``input``
+    (and ``teacher``): ``train_step(state, batch, shape_model, teacher_variables)``."""
 
     config: ml_collections.ConfigDict
     workdir: str
@@ -174,6 +219,8 @@ class Run:
     best_nme: float                  # the best validation NME so far (inf before any)
     mean_shape_nme: float            # the validation NME of the mean training shape (%)
     wall_start: float
+    teacher: Optional[steps_lib.Teacher] = None   # distillation (config.distill_teacher)
+    teacher_variables: Any = None                 # its variables, replicated; None without
 
     @property
     def start_step(self) -> int:
@@ -188,6 +235,8 @@ def _check_start(config, workdir: str) -> str:
         init_lib.find_imagenet_weights(config.init_path)
     elif config.init == "checkpoint":
         init_lib.check_checkpoint_path(config.init_path)
+    if config.distill_teacher:
+        check_teacher_path(config.distill_teacher)
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir}: is a file, not a directory")
@@ -237,6 +286,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     wall_start = time.perf_counter()
     workdir = _check_start(config, workdir)
     _check_resume(config, workdir)
+    teacher, teacher_variables = load_teacher(config) if config.distill_teacher else (None, None)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
@@ -267,7 +317,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
         total_epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
         head_l2_weight=config.head_l2, landmark_loss=config.landmark_loss,
         wing=(float(config.wing_width), float(config.wing_epsilon)),
-        ema_decay=config.ema_decay)
+        ema_decay=config.ema_decay,
+        # Read only with a teacher: without one the settings (a compile key) stay the default's.
+        distill_weight=float(config.distill_weight) if teacher is not None else 1.0)
     checkpoints = run_dir.Checkpoints(workdir, config.keep_checkpoints)
     state, meta = _initial_state(config, model, optimizer, train_input, shapes, poses,
                                  checkpoints)
@@ -281,13 +333,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
                settings=settings, schedule=schedule,
                state=replicate(state, mesh),
                shape_model=replicate(shape_model, mesh) if shape_model is not None else None,
-               input=train_input, train_step=train_input.compile_step(model, optimizer, settings),
+               input=train_input,
+               train_step=train_input.compile_step(model, optimizer, settings, teacher),
                validation=validation, checkpoints=checkpoints, steps_per_epoch=steps_per_epoch,
                total_steps=total_steps,
                last_step=total_steps if config.max_steps <= 0 else min(total_steps,
                                                                        config.max_steps),
                best_nme=meta.get("best_val_nme", math.inf), mean_shape_nme=mean_shape_nme,
-               wall_start=wall_start)
+               wall_start=wall_start, teacher=teacher,
+               teacher_variables=None if teacher is None else replicate(teacher_variables, mesh))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,6 +381,7 @@ def _log_train(run: Run, logger: run_dir.MetricsLog, step: int, step_metrics,
                window_steps: int, elapsed: float) -> None:
     """Fetches the step's metrics (this waits for the step), checks them and logs them."""
     values = {key: float(value) for key, value in host_copy(step_metrics).items()}
+    values.setdefault("distill", 0.0)  # the step computes the term only with a teacher
     _check_finite(values, step, run)
     values["learning_rate"] = float(run.schedule(step - 1))
     values["img_per_s"] = window_steps * run.config.batch_size / max(elapsed, 1e-9)
@@ -382,7 +437,8 @@ def fit(run: Run) -> Dict:
     window_start, window_steps = time.perf_counter(), 0
     try:
         while step < run.last_step:
-            run.state, step_metrics = run.train_step(run.state, next(batches), run.shape_model)
+            run.state, step_metrics = run.train_step(run.state, next(batches), run.shape_model,
+                                                     run.teacher_variables)
             step += 1
             window_steps += 1
             log_now, evaluate, save = due(step, run.steps_per_epoch, run.last_step, config)

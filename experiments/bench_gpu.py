@@ -172,13 +172,15 @@ def run_jax(args):
             emit(params_jax=counts, asm_components=int(run.shape_model.num_components))
             say(f"jax: parameters {counts}")
         batch = jax.device_put(host_batch, batch_sharding(run.mesh))
-        step = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh)
+        step = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh,
+                                            teacher=run.teacher)
         holder = {"state": run.state, "metrics": None}
 
         def run_steps(count):
             for _ in range(count):
                 holder["state"], holder["metrics"] = step(holder["state"], batch,
-                                                          run.shape_model)
+                                                          run.shape_model,
+                                                          run.teacher_variables)
 
         def sync():
             jax.block_until_ready((holder["state"], holder["metrics"]))

@@ -152,13 +152,15 @@ def step_child(args) -> dict:
 
     def timed(step, data, calls):
         def call():
-            holder["state"], metrics = step(holder["state"], data, run.shape_model)
+            holder["state"], metrics = step(holder["state"], data, run.shape_model,
+                                            run.teacher_variables)
             return metrics
         return config.batch_size * _throughput(call, calls, args.log_every, 2)
 
     # The two steps alternate in --repeats rounds (the machine's drift hits both alike); each
     # figure is images over the total time of its rounds.
-    plain = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh)
+    plain = steps_lib.compile_train_step(run.model, run.optimizer, run.settings, run.mesh,
+                                         teacher=run.teacher)
     rounds = max(args.repeats, 1)
     calls = max(args.step_calls // rounds, 1)
     timings = {"step_img_s": [], "resident_step_img_s": []}

@@ -180,12 +180,14 @@ def run_jax(args):
 
     replicated_asm = shape_model
     batch = jax.device_put(host_batch, batch_sharding(mesh))
-    train_step = steps_lib.compile_train_step(model, run.optimizer, run.settings, mesh)
+    train_step = steps_lib.compile_train_step(model, run.optimizer, run.settings, mesh,
+                                              teacher=run.teacher)
     holder = {"state": state}
 
     def step(asm):
         holder["state"], metrics = train_step(holder["state"], batch,
-                                              replicated_asm if asm else None)
+                                              replicated_asm if asm else None,
+                                              run.teacher_variables)
         return holder["state"], metrics
 
     sync = jax.block_until_ready

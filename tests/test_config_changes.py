@@ -66,6 +66,7 @@ def test_model_data_and_loss_changes_are_refused_and_named():
     ("seed", 1), ("ema_decay", 0.0), ("init", "imagenet"), ("head_init", "keras"),
     ("asm_loss", False), ("head_l2", 0.0), ("input_range", "signed"),
     ("synthetic.train", 800), ("augment.enabled", False), ("optimizer.name", "adamw"),
+    ("distill_teacher", "/runs/teacher"),
 ])
 def test_refused(key, value):
     new = default_config()
@@ -98,11 +99,15 @@ def test_settings_the_run_does_not_read_are_not_changes():
     new.init_bn_images = 0                   # not from ImageNet
     new.optimizer.weight_decay = 0.05        # adam, not adamw
     new.optimizer.time_decay = 0.0           # cosine, not authors_cyclic
+    new.distill_weight = 0.5                 # no distillation teacher
     assert cc.compare_for_resume(_saved(saved_config), new) == ([], [])
     # ... but they are changes where either config reads them
     new.optimizer.name = "adamw"
     refused, _ = cc.compare_for_resume(_saved(saved_config), new)
     assert _keys(refused) == ["optimizer.name", "optimizer.weight_decay"]
+    saved_config.distill_teacher = new.distill_teacher = "/runs/teacher"
+    refused, _ = cc.compare_for_resume(_saved(saved_config), new)
+    assert _keys(refused) == ["distill_weight", "optimizer.name", "optimizer.weight_decay"]
 
 
 def test_an_old_config_json_without_newer_keys():

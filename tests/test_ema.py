@@ -50,7 +50,7 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tin
         steps.create_train_state(model, optimizer, jax.random.key(0), S)), mesh)
     averaged = [jax.device_get(state)]
     for _ in range(2):
-        state, _ = step(state, batch, shape_model)
+        state, _ = step(state, batch, shape_model, None)
         averaged.append(jax.device_get(state))
 
     def weights(state):
@@ -60,7 +60,8 @@ def test_the_train_step_averages_params_and_statistics_and_trains_as_without(tin
     # (here: the weights plus one), the step trains to exactly the same weights.
     for before, after in zip(averaged, averaged[1:]):
         other = jax.tree_util.tree_map(lambda x: x + 1, before.ema)
-        redone, _ = step(mesh_lib.replicate(before.replace(ema=other), mesh), batch, shape_model)
+        redone, _ = step(mesh_lib.replicate(before.replace(ema=other), mesh), batch, shape_model,
+                         None)
         for x, y in zip(jax.tree_util.tree_leaves(weights(jax.device_get(redone))),
                         jax.tree_util.tree_leaves(weights(after))):
             np.testing.assert_array_equal(x, y)

@@ -38,7 +38,8 @@ SCRIPT = textwrap.dedent("""
         state = mesh_lib.replicate(state, mesh)
         step = steps.compile_train_step(model, optimizer, settings, mesh)
         device_batch = {k: jax.device_put(v, mesh_lib.batch_sharding(mesh)) for k, v in batch.items()}
-        state, metrics = step(state, device_batch, mesh_lib.replicate(shape_model, mesh))
+        state, metrics = step(state, device_batch, mesh_lib.replicate(shape_model, mesh),
+                              None)
         results.append((jax.device_get(state), float(metrics["total"])))
 
     def max_diff(a, b):

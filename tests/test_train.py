@@ -59,6 +59,7 @@ def _max_difference(a, b):
     ("margin", -0.1, r"config.margin: -0.1 is not in \[0, 1\)"),
     ("dropout_rate", 1.0, r"config.dropout_rate"),
     ("head_l2", -0.01, r"config.head_l2"),
+    ("distill_weight", -1.0, r"^config.distill_weight: -1.0 is negative$"),
     ("max_steps", 0, r"config.max_steps: 0: must be positive, or -1"),
     ("batch_size", 0, r"config.batch_size: must be positive"),
     ("num_epochs", 0, r"config.num_epochs"),

@@ -14,7 +14,8 @@ Two implementations, chosen by ``config.input`` (:func:`make_input`):
 
 Each input gives the loop what it needs and nothing else:
 
-* ``compile_step(model, optimizer, settings)``: the compiled train step for this input;
+* ``compile_step(model, optimizer, settings, teacher=None)``: the compiled train step for this
+  input (with a distillation :class:`asmnet_jax.steps.Teacher`, or without);
 * ``batches(start_step)``: an iterator of what to pass the step at each step from
   ``start_step`` on (a sharded batch, or the resident set again);
 * ``bn_images(count, batch_size)``: augmented training crops for BN re-estimation;
@@ -99,8 +100,9 @@ class DeviceInput:
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def compile_step(self, model, optimizer, settings):
-        return steps.compile_train_step(model, optimizer, settings, self.mesh, self.spec)
+    def compile_step(self, model, optimizer, settings, teacher=None):
+        return steps.compile_train_step(model, optimizer, settings, self.mesh, self.spec,
+                                        teacher)
 
     def batches(self, start_step: int) -> Iterator:
         del start_step  # the step cuts batch k from the state's step and key
@@ -140,8 +142,8 @@ class HostInput:
     def __len__(self) -> int:
         return len(self.source)
 
-    def compile_step(self, model, optimizer, settings):
-        return steps.compile_train_step(model, optimizer, settings, self.mesh)
+    def compile_step(self, model, optimizer, settings, teacher=None):
+        return steps.compile_train_step(model, optimizer, settings, self.mesh, None, teacher)
 
     def batches(self, start_step: int) -> Iterator:
         pipeline = self._pipeline
