@@ -15,6 +15,10 @@
 The model's input size and face-box margin come from the run's config; a model directory may carry
 them in ``model.json`` (``input_size``, ``margin``), and otherwise the authors' 224 px and
 :data:`asmnet_jax.data.crop.DEFAULT_MARGIN` apply.
+
+The shape model fitted on the training shapes (:class:`asmnet_jax.asm.ShapeModel`, for the
+plausibility score of predictions) comes from the workdir's ``asm.npz`` (runs with the ASM loss)
+or the model directory's ``asm.npz`` (optional); ``LoadedModel.shape_model`` is None without one.
 """
 
 from __future__ import annotations
@@ -75,11 +79,36 @@ class LoadedModel:
     path: str                       # what was loaded (a checkpoint step or a model directory)
     step: Optional[int] = None      # training step of a checkpoint
     config: Optional[Dict[str, Any]] = None   # the run's config.json, when there is one
+    shape_model: Any = None         # asmnet_jax.asm.ShapeModel of the training shapes, or None
 
     def describe(self) -> Dict[str, Any]:
+        shape = self.shape_model
         return {"model": self.model_name, "num_landmarks": self.num_landmarks,
                 "input_size": self.input_size, "margin": self.margin, "path": self.path,
-                "step": self.step}
+                "step": self.step,
+                "shape_model": None if shape is None else {
+                    "components": shape.num_components, "calibrated": shape.calibrated}}
+
+
+def _check_shape_model(shape_model, where: str, num_landmarks: int):
+    """``shape_model`` unless it does not fit ``num_landmarks`` (ModelError naming ``where``)."""
+    if shape_model is not None and shape_model.dim != 2 * num_landmarks:
+        raise ModelError(f"{where}: the shape model has {shape_model.dim} coordinates, the model "
+                         f"{2 * num_landmarks}")
+    return shape_model
+
+
+def _read_run_shape_model(workdir: str, num_landmarks: int):
+    from asmnet_jax.asm import ShapeModel
+
+    path = run_dir.shape_model_path(workdir)
+    if not os.path.isfile(path):
+        return None
+    try:
+        shape_model = ShapeModel.load(path)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
+    return _check_shape_model(shape_model, path, num_landmarks)
 
 
 def _read_config(workdir: str) -> Dict[str, Any]:
@@ -103,7 +132,8 @@ def _load_run(workdir: str, step: Optional[int], which: str, model_kwargs) -> Lo
                        num_landmarks=int(config["num_landmarks"]),
                        input_size=int(config["input_size"]),
                        margin=float(config.get("margin", crop.DEFAULT_MARGIN)),
-                       path=path, step=int(step), config=config)
+                       path=path, step=int(step), config=config,
+                       shape_model=_read_run_shape_model(workdir, int(config["num_landmarks"])))
 
 
 def _to_numpy(tree):
@@ -144,7 +174,10 @@ def load(path, step: Optional[int] = None, which: str = "best", **model_kwargs) 
         return LoadedModel(model=model, variables=variables, model_name=info["model"],
                            num_landmarks=int(info["num_landmarks"]),
                            input_size=int(info.get("input_size", DEFAULT_INPUT_SIZE)),
-                           margin=float(info.get("margin", crop.DEFAULT_MARGIN)), path=path)
+                           margin=float(info.get("margin", crop.DEFAULT_MARGIN)), path=path,
+                           shape_model=_check_shape_model(
+                               model_dir.load_shape_model(path),
+                               os.path.join(path, model_dir.ASM_NPZ), int(info["num_landmarks"])))
     if os.path.isfile(os.path.join(path, "config.json")):
         return _load_run(path, step, which, model_kwargs)
     parent = os.path.dirname(path)

@@ -10,6 +10,9 @@ Layout of a model directory::
     DIR/variables.npz the same arrays in one NumPy archive, keys 'params/backbone/stem/kernel',
                       ...; the compact form of the models shipped inside the package (float16
                       allowed: they are read back as float32)
+    DIR/asm.npz       optional: the shape model (:class:`asmnet_jax.asm.ShapeModel`) fitted on
+                      the training shapes, for the plausibility score of predictions
+                      (:func:`load_shape_model`)
 
 ``save_model`` writes one (``compact=True``: the ``.npz`` form, in ``dtype``), ``load_model``
 rebuilds the module with :func:`asmnet_jax.models.create_model` and restores the variables
@@ -40,10 +43,12 @@ FORMAT = "asmnet_jax.model/1"
 MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
 VARIABLES_NPZ = "variables.npz"
+ASM_NPZ = "asm.npz"
 
 
 def save_model(directory, model_name: str, num_landmarks: int, variables, extra=None,
-               overwrite: bool = False, compact: bool = False, dtype=None) -> str:
+               overwrite: bool = False, compact: bool = False, dtype=None,
+               shape_model=None) -> str:
     """Writes ``variables`` of ``create_model(model_name, num_landmarks)`` to ``directory``.
 
     Args:
@@ -56,6 +61,8 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         :class:`asmnet_jax.errors.ModelError`.
       compact: write ``variables.npz`` (one file) instead of the orbax ``variables/`` folder.
       dtype: store the arrays in this NumPy dtype (e.g. ``np.float16``; compact form only).
+      shape_model: an :class:`asmnet_jax.asm.ShapeModel` to keep beside the model as ``asm.npz``
+        (float32, a few KB); None writes none (and ``overwrite`` removes an old one).
 
     Returns:
       The absolute directory.
@@ -79,7 +86,7 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         if not overwrite:
             raise ModelError(f"{directory}: already holds a model; choose another directory "
                              "or overwrite it")
-        for path in (json_path, npz_path):
+        for path in (json_path, npz_path, os.path.join(directory, ASM_NPZ)):
             if os.path.exists(path):
                 os.remove(path)
         shutil.rmtree(variables_dir, ignore_errors=True)
@@ -94,9 +101,25 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(variables_dir, to_plain_dicts(variables))
             checkpointer.wait_until_finished()
+    if shape_model is not None:
+        shape_model.save(os.path.join(directory, ASM_NPZ))
     with atomic_open(json_path) as f:
         f.write(text + "\n")
     return directory
+
+
+def load_shape_model(directory):
+    """The :class:`asmnet_jax.asm.ShapeModel` kept in the model directory (``asm.npz``), or None
+    when it has none; :class:`ModelError` naming the file if it is unreadable."""
+    from asmnet_jax.asm import ShapeModel
+
+    path = os.path.join(os.path.abspath(os.fspath(directory)), ASM_NPZ)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return ShapeModel.load(path)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
 
 
 def read_model_info(directory) -> dict:

@@ -16,10 +16,21 @@ The flow for each image (in the order given; a directory is walked for image fil
 4. **Back to the photo**: landmarks from model coordinates to crop pixels
    (:func:`asmnet_jax.landmarks.model_to_pixels`), then through the inverse crop transform
    (:func:`asmnet_jax.data.crop.uncrop_points`) to the original image's pixels; pose to degrees.
-5. **Output**: ``OUT/predictions.json`` (every image, its faces: box, landmarks, yaw/pitch/roll) and
-   one ``OUT/<image>.png`` per image with the landmarks and the 3-D pose axes drawn. The last line
-   printed on stdout is a one-line JSON summary. An image in which no face was found is listed
-   there (``no_faces``) and named in a warning.
+5. **Shape plausibility**, when the model carries the shape model of its training shapes
+   (:class:`asmnet_jax.asm.ShapeModel`: a run's ``asm.npz``, a model directory's ``asm.npz``, the
+   shipped model's): each face's predicted shape (model units, before the mapping back) gets
+   ``shape_score`` in (0, 1] (1: the mean training shape; 95 % of the training shapes score at
+   least 0.5), ``asm_residual`` (RMS point distance off the shape model's subspace, in
+   inter-ocular distances of the mean shape) and ``asm_mahalanobis`` (distance within it, in
+   standard deviations): :meth:`asmnet_jax.asm.ShapeModel.plausibility`. A low score flags a
+   prediction that is no face shape (a bad box, a non-face, heavy occlusion). Without a shape
+   model the fields are absent; a shape model file without the calibration gives the two
+   distances but no ``shape_score``.
+6. **Output**: ``OUT/predictions.json`` (every image, its faces: box, landmarks, yaw/pitch/roll,
+   plausibility) or, with ``--format csv``, ``OUT/predictions.csv`` (:func:`write_csv`: one row a
+   face, named columns), and one ``OUT/<image>.png`` per image with the landmarks and the 3-D pose
+   axes drawn. The last line printed on stdout is a one-line JSON summary. An image in which no
+   face was found is listed there (``no_faces``) and named in a warning.
 
 Images: whatever OpenCV decodes; grey, CMYK and 16-bit images are converted to 8-bit RGB and an
 EXIF orientation is applied (the photo is read upright). At most :data:`MAX_IMAGE_PIXELS`
@@ -35,6 +46,7 @@ The face detectors are in :mod:`asmnet_jax.detection`, the drawing in :mod:`asmn
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -59,6 +71,9 @@ from asmnet_jax.files import atomic_open, temporary_path
 #: line are read whatever their ending.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PREDICTIONS_JSON = "predictions.json"
+PREDICTIONS_CSV = "predictions.csv"
+#: ``asmnet-predict --format``: predictions.json (every image) or predictions.csv (a row a face).
+OUTPUT_FORMATS = ("json", "csv")
 #: The largest image read, in pixels (width x height): 100 megapixels, a medium-format camera's
 #: photo. An image is held as about four (H, W, 3) uint8 copies at once (decoded, RGB, drawing,
 #: encoding), some 1.2 GB at this size; OpenCV's own bound, 2**30 pixels, would allow 13 GB. A
@@ -250,8 +265,8 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
                    batch_size: int, boxes: Optional[Dict[str, List[List[float]]]] = None,
                    detect: Optional[Detector] = None,
                    calibration: BoxCalibration = GIVEN_BOXES, skip_bad: bool = False,
-                   batch_multiple: int = 1, read: Optional[Callable[[str], np.ndarray]] = None
-                   ) -> Iterator[ImageResult]:
+                   batch_multiple: int = 1, read: Optional[Callable[[str], np.ndarray]] = None,
+                   plausibility: Optional[Callable] = None) -> Iterator[ImageResult]:
     """Finds, crops and predicts the faces of many images; yields results in the input order.
 
     Args:
@@ -269,10 +284,13 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
       batch_multiple: batches are padded to a multiple of this (the device count).
       read: ``read(path) -> (H, W, 3) uint8 RGB`` (default :func:`read_image`; e.g. a dict's
         ``__getitem__`` for images in memory), raising :class:`PredictError` when it cannot.
+      plausibility: ``plausibility(landmarks (B, 2n) model units) -> {name: (B,)}``
+        (:meth:`asmnet_jax.asm.ShapeModel.plausibility`), or None.
 
     Each face is a dict: ``box`` (4,) float64 as given or detected, ``source`` (``"given"`` or
     ``"detector"``), ``score`` (detector score or None), ``face_box`` (the calibrated
-    ``SquareBox``), ``landmarks`` (n, 2) float32 image pixels and ``pose`` (3,) float32 degrees.
+    ``SquareBox``), ``landmarks`` (n, 2) float32 image pixels and ``pose`` (3,) float32 degrees;
+    with ``plausibility``, ``plausibility`` ``{name: float}`` of the face's model-unit shape.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -289,9 +307,15 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
         for i, item in enumerate(items):
             batch[i] = item[2]
         landmarks, pose = predict(batch)
+        checks = None
+        if plausibility is not None:
+            checks = {key: np.asarray(value, np.float64)
+                      for key, value in plausibility(np.asarray(landmarks)[:count]).items()}
         for i, (result, face, _, matrix) in enumerate(items):
             face["landmarks"], face["pose"] = to_image_coordinates(
                 landmarks[i], pose[i], matrix, input_size)
+            if checks is not None:
+                face["plausibility"] = {key: float(value[i]) for key, value in checks.items()}
             result.pending -= 1
 
     def ready():
@@ -420,7 +444,7 @@ def _face_json(face: dict) -> dict:
 
     yaw, pitch, roll = r(face["pose"], 3)
     square = face["face_box"]
-    return {
+    out = {
         "box": r(face["box"], 2),
         "box_source": face["source"],
         "score": None if face["score"] is None else round(face["score"], 4),
@@ -429,6 +453,48 @@ def _face_json(face: dict) -> dict:
         "landmarks": [r(p) for p in face["landmarks"]],
         "yaw": yaw, "pitch": pitch, "roll": roll,
     }
+    checks = face.get("plausibility")
+    if checks is not None:
+        for name, key, digits in PLAUSIBILITY_FIELDS:
+            if key in checks:
+                out[name] = round(checks[key], digits)
+    return out
+
+
+#: predictions.json / .csv field, ShapeModel.plausibility key, decimals.
+PLAUSIBILITY_FIELDS = (("shape_score", "score", 4), ("asm_residual", "residual", 5),
+                       ("asm_mahalanobis", "mahalanobis", 3))
+
+
+def csv_columns(num_landmarks: int) -> List[str]:
+    """The columns of ``predictions.csv`` for a model of ``num_landmarks`` points."""
+    return (["image", "face", "box_x0", "box_y0", "box_x1", "box_y1", "box_source", "score"]
+            + [name for name, _, _ in PLAUSIBILITY_FIELDS] + ["yaw", "pitch", "roll"]
+            + [f"{axis}{i}" for i in range(num_landmarks) for axis in "xy"])
+
+
+def write_csv(path, records: Sequence[dict], num_landmarks: int) -> None:
+    """Writes ``predictions.csv``: a header of :func:`csv_columns`, then one row a face of the
+    ``records`` of predictions.json (``face``: its 0-based index in the image; ``score``: the
+    detector's, empty for given boxes; the plausibility columns empty without a shape model;
+    ``x{i}, y{i}``: the landmarks in image pixels). Images without faces or unreadable ones have
+    no rows (they are in the summary)."""
+    columns = csv_columns(num_landmarks)
+    with atomic_open(path, encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        for record in records:
+            for index, face in enumerate(record.get("faces", [])):
+                row = {"image": record["image"], "face": index,
+                       "box_source": face["box_source"], "yaw": face["yaw"],
+                       "pitch": face["pitch"], "roll": face["roll"]}
+                row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), face["box"]))
+                for name in ["score"] + [name for name, _, _ in PLAUSIBILITY_FIELDS]:
+                    if face.get(name) is not None:
+                        row[name] = face[name]
+                for i, (x, y) in enumerate(face["landmarks"]):
+                    row[f"x{i}"], row[f"y{i}"] = x, y
+                writer.writerow(row)
 
 
 def _drawing_path(output_dir: str, source: ImageInput, used: set, inputs: set) -> str:
@@ -444,9 +510,10 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
                   boxes_file: Optional[str] = None, box: Optional[Sequence[str]] = None,
                   detector: str = "auto", min_score: Optional[float] = None, flip: bool = False,
                   draw: bool = True, skip_bad: bool = False,
-                  warn: Callable[[str], None] = lambda message: None) -> dict:
-    """Predicts the faces in image files and directories; writes ``out/predictions.json`` and
-    (with ``draw``) one drawing per image; returns the summary.
+                  warn: Callable[[str], None] = lambda message: None,
+                  output_format: str = "json") -> dict:
+    """Predicts the faces in image files and directories; writes ``out/predictions.json`` (or
+    ``out/predictions.csv``) and (with ``draw``) one drawing per image; returns the summary.
 
     Args:
       inputs: image files and directories (walked for :data:`IMAGE_EXTENSIONS` files).
@@ -463,10 +530,13 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
       warn: receives a line for each key of ``boxes_file`` that matches no input image, each
         image skipped as unreadable (``skip_bad``) and each image in which no face was found
         (these are listed in the summary and the JSON as well).
+      output_format: ``"json"`` (``predictions.json``) or ``"csv"`` (``predictions.csv``,
+        :func:`write_csv`); the summary names the file under that key.
 
     Raises :class:`PredictError` (naming the file or option) for bad input.
     """
     start = time.perf_counter()
+    check_format(output_format)
     if batch_size < 1:
         raise PredictError(f"--batch-size must be positive, got {batch_size}")
     if detector not in ("auto", "none") and detector not in DETECTORS:
@@ -499,6 +569,7 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
 
     loaded = model if isinstance(model, inference.LoadedModel) else model()
     predict = inference.make_predictor(loaded, flip=flip)
+    shape_model = getattr(loaded, "shape_model", None)
 
     os.makedirs(out, exist_ok=True)
     input_paths = {os.path.abspath(image.path) for image in images}
@@ -508,7 +579,9 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
     for result in predict_images(images, predict, loaded.input_size, loaded.margin,
                                  batch_size, boxes=boxes, detect=detect,
                                  calibration=calibration, skip_bad=skip_bad,
-                                 batch_multiple=jax.local_device_count()):
+                                 batch_multiple=jax.local_device_count(),
+                                 plausibility=None if shape_model is None
+                                 else shape_model.plausibility):
         record = {"image": result.source.path}
         if result.error is not None:
             record["error"] = result.error
@@ -533,21 +606,41 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
         records.append(record)
         result.image = None
 
-    json_path = os.path.join(out, PREDICTIONS_JSON)
+    if output_format == "csv":
+        output_path = os.path.join(out, PREDICTIONS_CSV)
+        write_csv(output_path, records, loaded.num_landmarks)
+    else:
+        output_path = os.path.join(out, PREDICTIONS_JSON)
+        _write_json(output_path, loaded, detector_name, records, no_faces, unreadable, unused)
+    return {"images": len(records), "faces": face_count,
+            "no_faces": {"count": len(no_faces), "images": no_faces},
+            "unreadable": {"count": len(unreadable), "images": unreadable},
+            "detector": detector_name, "model": loaded.path, output_format: output_path,
+            "drawings": drawings, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def check_format(output_format: str) -> None:
+    """:class:`PredictError` unless ``output_format`` is one of :data:`OUTPUT_FORMATS`."""
+    if output_format not in OUTPUT_FORMATS:
+        raise PredictError(f"--format {output_format!r}: expected one of "
+                           + ", ".join(OUTPUT_FORMATS))
+
+
+def _write_json(json_path, loaded, detector_name, records, no_faces, unreadable, unused) -> None:
     document = {
         "model": loaded.describe(), "detector": detector_name,
         "coordinates": "0-based pixels of the original image, pixel centres at integers; "
                        "boxes [x_min, y_min, x_max, y_max]; face_box: the square crop box "
                        "before the model's margin; landmarks [[x, y], ...]",
         "angles": "degrees; +yaw face toward the image right, +pitch chin up, +roll clockwise",
+        "plausibility": "with a shape model: shape_score in (0, 1] (1: the mean training shape, "
+                        "95 % of the training shapes score at least 0.5), asm_residual (RMS point "
+                        "distance off the shape model's subspace, in the mean shape's "
+                        "inter-ocular distances), asm_mahalanobis (distance within it, in "
+                        "standard deviations); score is the detector's",
         "images": records,
         "no_faces": no_faces, "unreadable": unreadable, "unused_box_keys": unused,
     }
     with atomic_open(json_path, encoding="utf-8") as handle:
         json.dump(document, handle, indent=1)
         handle.write("\n")
-    return {"images": len(records), "faces": face_count,
-            "no_faces": {"count": len(no_faces), "images": no_faces},
-            "unreadable": {"count": len(unreadable), "images": unreadable},
-            "detector": detector_name, "model": loaded.path, "json": json_path,
-            "drawings": drawings, "seconds": round(time.perf_counter() - start, 3)}

@@ -7,8 +7,12 @@ Takes the workdir's best checkpoint (by validation NME; ``--which latest`` for t
 evaluates it on the run's validation split in float16 as stored (with and without test-time flip
 averaging), and writes a compact model directory (``model.json`` + ``variables.npz`` in float16,
 about 2.9 MB for ASMNet) whose ``model.json`` records the dataset, input size, face-box margin,
-input range, the training command and config, and the measured validation figures; then a
-``README.md`` beside it. The last stdout line is JSON with the figures and the directory's size.
+input range, the training command and config, and the measured validation figures, plus the
+shape model of the training shapes as ``asm.npz`` (the run's ``asm.npz``; fitted on the run's
+training split as training fits it, for a run without the ASM loss, or calibrated there, for an
+``asm.npz`` from before the plausibility calibration), which gives predictions their
+``shape_score``; then a ``README.md`` beside it. The last stdout line is JSON with the figures
+and the directory's size.
 """
 
 from __future__ import annotations
@@ -40,6 +44,21 @@ def _evaluate(directory, split, data_dir, flip):
 def _size(directory):
     return sum(os.path.getsize(os.path.join(root, name))
                for root, _, names in os.walk(directory) for name in names)
+
+
+def _shape_model(loaded, config):
+    """The run's shape model with its plausibility calibration: its ``asm.npz``, or one fitted on
+    its training split's base-crop labels as ``asmnet-train`` fits it (``config.asm_variance``)."""
+    from asmnet_jax.asm import ShapeModel
+    from asmnet_jax.data import crop, sources
+
+    if loaded.shape_model is not None and loaded.shape_model.calibrated:
+        return loaded.shape_model
+    source = sources.open_split(config, config.get("train_split", "train"), in_memory=True)
+    shapes, _ = crop.base_labels(source, loaded.margin, loaded.input_size)
+    if loaded.shape_model is not None:
+        return loaded.shape_model.calibrate(shapes)
+    return ShapeModel.fit(shapes, float(config.get("asm_variance", 0.95)))
 
 
 def _commit():
@@ -75,8 +94,11 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": config}
     directory = os.path.join(PRETRAINED, args.name)
+    shape_model = _shape_model(loaded, config)
+    info["shape_model"] = {"file": model_dir.ASM_NPZ, "components": shape_model.num_components}
     model_dir.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
-                           extra=info, overwrite=True, compact=True, dtype=np.float16)
+                           extra=info, overwrite=True, compact=True, dtype=np.float16,
+                           shape_model=shape_model)
     data_dir = config.get("data_dir") or None
     split = config.get("val_split", "validation")
     validation = {"split": split, "weights": "float16 as stored",
@@ -84,7 +106,8 @@ def main(argv=None) -> int:
                   "flip": _evaluate(directory, split, data_dir, True)}
     info["validation"] = validation
     model_dir.save_model(directory, loaded.model_name, loaded.num_landmarks, loaded.variables,
-                           extra=info, overwrite=True, compact=True, dtype=np.float16)
+                           extra=info, overwrite=True, compact=True, dtype=np.float16,
+                           shape_model=shape_model)
     _write_readme(directory, args.name, loaded, info)
     summary = {"name": args.name, "directory": directory, "bytes": _size(directory),
                "validation": validation}
@@ -113,7 +136,9 @@ def _write_readme(directory, name, loaded, info):
 (against PnP labels).
 
 Use it: `asmnet-predict photo.jpg` (the default model) or `asmnet-eval --model {name}`.
-`model.json` holds the full training config.
+`model.json` holds the full training config. `asm.npz` is the shape model of the training shapes
+({info['shape_model']['components']} principal components, calibrated on them): it gives every
+prediction its `shape_score` (see `asmnet_jax/asm.py`).
 """
     with open(os.path.join(directory, "README.md"), "w") as f:
         f.write(text)

@@ -112,3 +112,88 @@ def test_bad_fit_inputs_are_rejected(shapes):
         ShapeModel.fit(np.full((3, 4), np.nan))
     with pytest.raises(ValueError, match="at least 2"):
         ShapeModel.fit(shapes[:1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Shape plausibility
+
+
+def test_plausibility_of_the_mean_is_one_and_of_a_scrambled_shape_zero(shapes):
+    model = ShapeModel.fit(shapes, 0.95)
+    assert model.calibrated
+    mean = model.plausibility(np.asarray(model.mean)[None])
+    assert float(mean["score"][0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(mean["residual"][0]) == pytest.approx(0.0, abs=1e-5)
+    assert float(mean["mahalanobis"][0]) == pytest.approx(0.0, abs=1e-5)
+    permutation = np.random.default_rng(1).permutation(68)
+    scrambled = shapes[:8].reshape(8, 68, 2)[:, permutation].reshape(8, -1)
+    assert np.all(np.asarray(model.plausibility(scrambled)["score"]) < 1e-3)
+    # Calibrated on the training shapes: their 95th percentile scores 0.5.
+    scores = np.asarray(model.plausibility(shapes)["score"])
+    assert np.quantile(scores, 0.05) == pytest.approx(0.5, abs=0.02)
+    assert np.mean(scores >= 0.5 - 1e-6) == pytest.approx(0.95, abs=0.01)
+
+
+def test_plausibility_formula_and_jnp_numpy_inputs(shapes):
+    model = ShapeModel.fit(shapes, 0.9)
+    mean, axes, values = (np.asarray(a, np.float64) for a in
+                          (model.mean, model.components, model.eigenvalues))
+    batch = shapes[:5].astype(np.float64)
+    b = (batch - mean) @ axes
+    off = batch - mean - b @ axes.T
+    from asmnet_jax.asm import shape_normaliser
+    points = mean.reshape(-1, 2)
+    assert shape_normaliser(mean) == pytest.approx(np.linalg.norm(points[36] - points[45]))
+    residual = np.sqrt(np.sum(off ** 2, 1) / 68) / shape_normaliser(mean)
+    mahalanobis = np.sqrt(np.sum(b ** 2 / values, 1))
+    score = np.exp(-np.log(2) * ((mahalanobis / float(model.mahalanobis_scale)) ** 2
+                                 + (residual / float(model.residual_scale)) ** 2))
+    for given in (batch, jnp.asarray(batch, jnp.float32)):
+        got = model.plausibility(given)
+        np.testing.assert_allclose(got["residual"], residual, rtol=1e-3)
+        np.testing.assert_allclose(got["mahalanobis"], mahalanobis, rtol=1e-3)
+        np.testing.assert_allclose(got["score"], score, rtol=1e-3, atol=1e-6)
+
+
+def test_score_falls_monotonically_along_the_first_mode(shapes):
+    model = ShapeModel.fit(shapes, 0.95)
+    steps = np.linspace(0.0, 6.0, 13)
+    along = np.asarray(model.mean)[None] + (steps * np.sqrt(float(model.eigenvalues[0])))[:, None] \
+        * np.asarray(model.components)[:, 0][None]
+    got = model.plausibility(along)
+    np.testing.assert_allclose(got["mahalanobis"], steps, atol=1e-3)
+    scores = np.asarray(got["score"])
+    assert scores[0] == pytest.approx(1.0, abs=1e-5) and np.all(np.diff(scores) < 0)
+    assert scores[-1] < 0.25  # six standard deviations out
+
+
+def test_saved_calibration_round_trips_and_old_files_load_without_it(shapes, tmp_path):
+    model = ShapeModel.fit(shapes, 0.95)
+    model.save(tmp_path / "asm.npz")
+    again = ShapeModel.load(tmp_path / "asm.npz")
+    assert again.calibrated
+    assert float(again.residual_scale) == float(model.residual_scale)
+    assert float(again.mahalanobis_scale) == float(model.mahalanobis_scale)
+    # A file as written before the calibration existed: three arrays only.
+    np.savez(tmp_path / "old.npz", mean=np.asarray(model.mean),
+             components=np.asarray(model.components), eigenvalues=np.asarray(model.eigenvalues))
+    old = ShapeModel.load(tmp_path / "old.npz")
+    assert not old.calibrated
+    got = old.plausibility(shapes[:3])
+    assert set(got) == {"residual", "mahalanobis"}
+    np.testing.assert_allclose(old.project(shapes[:3]), model.project(shapes[:3]))
+    recalibrated = old.calibrate(shapes)
+    assert float(recalibrated.residual_scale) == pytest.approx(float(model.residual_scale),
+                                                               rel=1e-4)
+    # Half a calibration is refused, naming the file.
+    np.savez(tmp_path / "half.npz", mean=np.asarray(model.mean),
+             components=np.asarray(model.components), eigenvalues=np.asarray(model.eigenvalues),
+             residual_scale=np.float32(0.1))
+    with pytest.raises(ValueError, match=r"half\.npz: bad plausibility calibration"):
+        ShapeModel.load(tmp_path / "half.npz")
+
+
+def test_a_calibrated_model_still_goes_through_jit(shapes):
+    model = ShapeModel.fit(shapes, 0.9)
+    projected = jax.jit(lambda m, s: m.project(s))(model, jnp.asarray(shapes[:4]))
+    np.testing.assert_allclose(projected, model.project(shapes[:4]), atol=1e-6)

@@ -75,3 +75,40 @@ def test_the_package_ships_its_default_model_small_and_described():
                                       np.uint8))
     assert landmarks.shape == (1, 136) and np.all(np.isfinite(landmarks))
     assert np.all(np.abs(landmarks) < 0.5)
+
+
+def test_model_directory_round_trip_with_a_shape_model(tmp_path):
+    from asmnet_jax.asm import ShapeModel
+
+    rng = np.random.default_rng(0)
+    shapes = rng.uniform(-0.4, 0.4, 136) + 0.01 * rng.normal(size=(50, 136))
+    shape_model = ShapeModel.fit(shapes, 0.9)
+    directory = model_dir.save_model(tmp_path / "m", "asmnet", 68, _variables(), compact=True,
+                                     shape_model=shape_model, extra={"input_size": SIZE})
+    assert os.path.isfile(os.path.join(directory, model_dir.ASM_NPZ))
+    again = model_dir.load_shape_model(directory)
+    np.testing.assert_array_equal(again.components, shape_model.components)
+    assert again.calibrated and float(again.residual_scale) == float(shape_model.residual_scale)
+    loaded = inference.load(directory)
+    assert loaded.shape_model is not None and loaded.shape_model.num_components == \
+        shape_model.num_components
+    assert loaded.describe()["shape_model"] == {"components": shape_model.num_components,
+                                                "calibrated": True}
+    # Overwritten without one: the old asm.npz goes, and the model has none.
+    model_dir.save_model(directory, "asmnet", 68, _variables(), compact=True, overwrite=True)
+    assert model_dir.load_shape_model(directory) is None
+    assert inference.load(directory).shape_model is None
+    # A shape model of another markup is refused, naming the file.
+    ShapeModel.fit(shapes[:, :196 // 2], 0.9).save(os.path.join(directory, model_dir.ASM_NPZ))
+    with pytest.raises(ValueError, match=r"asm\.npz: the shape model has 98 coordinates"):
+        inference.load(directory)
+
+
+def test_the_shipped_model_carries_a_calibrated_shape_model():
+    shape_model = model_dir.load_shape_model(inference.shipped_models()["asmnet-300w"])
+    assert shape_model is not None and shape_model.calibrated and shape_model.dim == 136
+    # Its mean shape is a face: the mean scores 1, a mirrored-point scramble of it about 0.
+    mean = np.asarray(shape_model.mean)
+    assert float(shape_model.plausibility(mean[None])["score"][0]) == pytest.approx(1.0)
+    scrambled = mean.reshape(68, 2)[np.random.default_rng(0).permutation(68)].reshape(1, -1)
+    assert float(shape_model.plausibility(scrambled)["score"][0]) < 1e-3

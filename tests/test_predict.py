@@ -415,3 +415,96 @@ def test_detector_finds_real_faces_and_its_calibration_fits(shared_data, name):
     report = detection.measure_calibration(spec.build(None), samples)
     assert report["detected"] == len(samples)
     assert report["iou_after"] > 0.75, report
+
+
+# --------------------------------------------------------------------------------------------------
+# Shape plausibility and --format csv
+
+
+@pytest.fixture(scope="module")
+def model_dir_with_shape_model(tmp_path_factory):
+    """The model of ``model_dir`` with a shape model fitted on shapes around its output."""
+    from asmnet_jax.asm import ShapeModel
+    from asmnet_jax.model_dir import save_model
+
+    rng = np.random.default_rng(3)
+    shapes = LANDMARKS + 0.01 * rng.normal(size=(40, 2 * N)) @ np.diag(
+        np.linspace(1.0, 0.1, 2 * N))
+    path = tmp_path_factory.mktemp("model") / "with_asm"
+    save_model(path, "asmnet", N, _variables(LANDMARKS, POSE),
+               extra={"coordinates": "project", "input_size": SIZE, "margin": MARGIN},
+               shape_model=ShapeModel.fit(shapes, 0.9))
+    return str(path)
+
+
+def test_predictions_carry_the_shape_score_with_a_shape_model_and_not_without(
+        model_dir, model_dir_with_shape_model, tmp_path, capsys):
+    from asmnet_jax.model_dir import load_shape_model
+
+    image = _write(tmp_path / "one.png")
+    code, out, err = _main([image, "--model", model_dir_with_shape_model, "--box", "10,10,40,40",
+                            "--box", "45,5,75,45", "--out", tmp_path / "with", "--no-draw"], capsys)
+    assert code == 0, err
+    document = json.loads((tmp_path / "with" / "predictions.json").read_text())
+    assert document["model"]["shape_model"]["calibrated"] is True
+    expected = load_shape_model(model_dir_with_shape_model).plausibility(LANDMARKS[None])
+    for face in document["images"][0]["faces"]:
+        assert face["score"] is None  # the detector's; the boxes were given
+        assert 0.0 < face["shape_score"] <= 1.0
+        assert face["shape_score"] == pytest.approx(float(expected["score"][0]), abs=1e-3)
+        assert face["asm_residual"] == pytest.approx(float(expected["residual"][0]), abs=1e-4)
+        assert face["asm_mahalanobis"] == pytest.approx(float(expected["mahalanobis"][0]),
+                                                        abs=1e-2)
+    code, out, err = _main([image, "--model", model_dir, "--box", "10,10,40,40",
+                            "--out", tmp_path / "without", "--no-draw"], capsys)
+    assert code == 0, err
+    document = json.loads((tmp_path / "without" / "predictions.json").read_text())
+    face = document["images"][0]["faces"][0]
+    assert document["model"]["shape_model"] is None
+    assert not {"shape_score", "asm_residual", "asm_mahalanobis"} & set(face)
+
+
+def test_format_csv_writes_one_row_per_face_with_named_columns(model_dir_with_shape_model,
+                                                               tmp_path, capsys):
+    import csv
+
+    photos = tmp_path / "photos"
+    _write(photos / "a.png", seed=1), _write(photos / "b.png", seed=2)
+    _write(photos / "c.png", seed=3)
+    boxes = {"a.png": [[10, 10, 40, 40], [45, 5, 75, 45]], "b.png": [[20, 15, 50, 45]],
+             "c.png": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out_dir = tmp_path / "out"
+    code, out, err = _main([photos, "--model", model_dir_with_shape_model, "--boxes",
+                            tmp_path / "boxes.json", "--detector", "none", "--out", out_dir,
+                            "--format", "csv", "--no-draw"], capsys)
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["csv"] == str(out_dir / "predictions.csv") and "json" not in summary
+    assert not (out_dir / "predictions.json").exists()
+    with open(out_dir / "predictions.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, list(reader)
+    assert columns[:14] == ["image", "face", "box_x0", "box_y0", "box_x1", "box_y1",
+                            "box_source", "score", "shape_score", "asm_residual",
+                            "asm_mahalanobis", "yaw", "pitch", "roll"]
+    assert columns[14:] == [f"{a}{i}" for i in range(N) for a in "xy"]
+    assert [(os.path.basename(r["image"]), r["face"]) for r in rows] == [
+        ("a.png", "0"), ("a.png", "1"), ("b.png", "0")]
+    for row, box in zip(rows, boxes["a.png"] + boxes["b.png"]):
+        assert [float(row[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")] == box
+        assert row["box_source"] == "given" and row["score"] == ""
+        assert 0.0 < float(row["shape_score"]) <= 1.0
+        points = np.array([[float(row[f"x{i}"]), float(row[f"y{i}"])] for i in range(N)])
+        np.testing.assert_allclose(points, _expected(box, MARGIN), atol=2e-3)
+        assert float(row["yaw"]) == pytest.approx(np.rad2deg(POSE[0]), abs=1e-3)
+
+
+def test_bad_format_is_a_one_line_error(model_dir, tmp_path, capsys):
+    image = _write(tmp_path / "one.png")
+    code, out, err = _main([image, "--model", model_dir, "--box", "10,10,40,40", "--format",
+                            "xml", "--out", tmp_path / "out"], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("asmnet-predict: error: --format 'xml': expected one of json, csv")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

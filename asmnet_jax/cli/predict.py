@@ -3,8 +3,8 @@
     asmnet-predict photo.jpg                       # the shipped default model, a face detector
     asmnet-predict photos/ --model runs/x --out predictions --boxes boxes.json
 
-Writes ``OUT/predictions.json`` and a drawing ``OUT/<image>.png`` per image; the last stdout line
-is a JSON summary.
+Writes ``OUT/predictions.json`` (``--format csv``: ``OUT/predictions.csv``, a row a face) and a
+drawing ``OUT/<image>.png`` per image; the last stdout line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_ou
 from asmnet_jax.inference import DEFAULT_MODEL
 from asmnet_jax.detection import AUTO_ORDER, DETECTORS, choose_detector
 from asmnet_jax.errors import PredictError
-from asmnet_jax.predict import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, predict_files
+from asmnet_jax.predict import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, OUTPUT_FORMATS, check_format,
+                                predict_files)
 
 PROG = "asmnet-predict"
 DEFAULT_OUT = "predictions"
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         PROG,
         description="Facial landmarks and head pose for the faces in photos. Writes "
-                    "OUT/predictions.json and a drawing OUT/<image>.png per image; the last "
-                    "stdout line is a JSON summary.",
+                    "OUT/predictions.json (or .csv) and a drawing OUT/<image>.png per image; "
+                    "the last stdout line is a JSON summary.",
         epilog="Coordinates are 0-based pixels of the original image (pixel centres at "
                "integers); angles are degrees: +yaw face toward the image right, +pitch chin up, "
                f"+roll clockwise. Images of more than {MAX_IMAGE_PIXELS // 10**6} megapixels "
@@ -62,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--flip", action="store_true",
                         help="test-time flip averaging: each face is also predicted mirrored "
                              "left to right and the two predictions averaged")
-    parser.add_argument("--no-draw", action="store_true", help="write the JSON only")
+    parser.add_argument("--format", default="json", metavar="|".join(OUTPUT_FORMATS),
+                        help="json (default): OUT/predictions.json, every image and its faces; "
+                             "csv: OUT/predictions.csv, one row a face with named columns (image, "
+                             "face, box_x0..box_y1, box_source, score (the detector's), "
+                             "shape_score, asm_residual, asm_mahalanobis, yaw, pitch, roll, x0, "
+                             "y0, ...)")
+    parser.add_argument("--no-draw", action="store_true",
+                        help="write predictions.json / .csv only")
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images instead of stopping at the first")
     return parser
@@ -89,6 +97,7 @@ def _min_score_problem(min_score: float, detector: str):
 def check_options(args: argparse.Namespace) -> None:
     """Refuses option values out of range before any work (the model is not loaded yet):
     :class:`PredictError`, one line and exit status 1 like the other bad values."""
+    check_format(args.format)
     if args.min_score is not None:
         problem = _min_score_problem(args.min_score, args.detector)
         if problem:
@@ -105,7 +114,8 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict_files(args.inputs, lambda: load_model(args), args.out,
                             batch_size=args.batch_size, boxes_file=args.boxes, box=args.box,
                             detector=args.detector, min_score=args.min_score, flip=args.flip,
-                            draw=not args.no_draw, skip_bad=args.skip_bad, warn=_warn)
+                            draw=not args.no_draw, skip_bad=args.skip_bad, warn=_warn,
+                            output_format=args.format)
     print(json.dumps(summary))
     return 0
 
