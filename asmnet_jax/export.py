@@ -1,4 +1,4 @@
-"""Export a trained model to a TensorFlow SavedModel and TFLite files for phones.
+"""Export a trained model to a TensorFlow SavedModel, TFLite files for phones, and ONNX.
 
 The command is ``asmnet-export`` (:mod:`asmnet_jax.cli.export`).
 
@@ -26,19 +26,32 @@ side). It returns ``landmarks`` (B, 2n) in model coordinates (interleaved x, y; 
 SavedModel takes any batch; a TFLite file has a fixed batch (``--batch-size``, default 1).
 ``export.json`` beside the outputs says all this for an app.
 
+The ONNX model (``model.onnx``, opset :data:`ONNX_OPSET`) is converted by ``tf2onnx`` from the
+float32 TFLite model (builtin ops map one to one to ONNX ``Conv``, ``MatMul``, ``Gemm``, ``Clip``,
+``Add``, ``Mul``, ``ReduceSum``, ``Concat``, ``Transpose``), not from the SavedModel: tf2onnx has no
+handler for the ``XlaCallModule`` op that carries the jax2tf network, and ``jax2onnx`` (0.17) pins
+``orbax-checkpoint<0.11.37`` against this package's ``>=0.12``. Its input ``images`` is, as the
+SavedModel's, float32 RGB NHWC (B, S, S, 3) in [0, 1] (not uint8), its outputs ``landmarks`` (B, 2n)
+and ``pose`` (B, 3) as above; its batch dimension is symbolic (``batch``: any batch, checked by
+running the verification images as one batch). It is written when ``tf2onnx``, ``onnx`` and
+``onnxruntime`` are installed (the ``export`` extra), skipped with a one-line notice otherwise.
+
 Written files, in ``--out DIR``::
 
     DIR/saved_model/        TF SavedModel, batch polymorphic
     DIR/model.tflite        float32 TFLite, batch fixed
     DIR/model_fp16.tflite   float16 weights (with --float16; computes in float32 on CPU)
+    DIR/model.onnx          float32 ONNX, any batch (unless --no-onnx or ONNX libraries missing)
     DIR/export.json         inputs, outputs, conventions, model, verification, latency
 
 Each export is verified on random images against the JAX model (the loaded one, evaluated with
 ``jax.jit``): the max absolute difference per output must be at most :data:`FLOAT32_TOLERANCE`
-(SavedModel and float32 TFLite) or :data:`FLOAT16_TOLERANCE` (float16 TFLite), else the command
-exits 1. The TFLite batch latency is the median of ``--latency-runs`` ``invoke`` calls (after
-warm-up) on this machine's CPU with ``--threads`` interpreter threads, XNNPACK enabled as in the
-default runtime.
+(SavedModel and float32 TFLite), :data:`ONNX_TOLERANCE` (ONNX, run with ONNX Runtime) or
+:data:`FLOAT16_TOLERANCE` (float16 TFLite), else the command exits 1. Latencies are medians of
+``--latency-runs`` calls (after warm-up) at batch ``--batch-size`` on this machine's CPU: TFLite
+``invoke`` with ``--threads`` interpreter threads, XNNPACK enabled as in the default runtime; ONNX
+Runtime ``run`` (CPU provider) with ``--threads`` intra-op threads; and, for comparison, the JAX
+model as loaded (``jax.jit``, XLA's CPU thread pool: ``--threads`` does not apply).
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -64,6 +78,11 @@ FLOAT32_TOLERANCE = 1e-3
 #: 0.03 degrees), but those of the randomly perturbed test model by 1e-2. Measure the float16
 #: model's NME on a validation set before shipping it.
 FLOAT16_TOLERANCE = 2e-2
+#: Max abs difference allowed between the JAX model and the ONNX model run by ONNX Runtime.
+ONNX_TOLERANCE = 1e-4
+#: ONNX opset of ``model.onnx`` (ONNX Runtime >= 1.13 runs it).
+ONNX_OPSET = 17
+ONNX_FILE = "model.onnx"
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("landmarks", "pose")
@@ -75,6 +94,9 @@ FORMAT = "asmnet_jax.export/1"
 #: Platforms the SavedModel's StableHLO is lowered for (one XlaCallModule serves each of them).
 SAVED_MODEL_PLATFORMS = ("cpu", "cuda", "tpu")
 TF_MISSING = ('TensorFlow is not installed; asmnet-export needs it: pip install -e ".[export]"')
+#: The packages the ONNX export needs (import names).
+ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
+ONNX_MISSING = ('the ONNX export needs tf2onnx, onnx and onnxruntime: pip install -e ".[export]"')
 
 
 class ExportError(AsmnetError):
@@ -90,6 +112,30 @@ def import_tensorflow():
     except ImportError as error:
         raise ExportError(f"{TF_MISSING} ({error})") from None
     return tf, jax2tf
+
+
+def onnx_missing() -> List[str]:
+    """The ONNX export's packages (:data:`ONNX_PACKAGES`) that cannot be imported."""
+    import importlib
+
+    missing = []
+    for name in ONNX_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def import_onnx():
+    """``(tf2onnx, onnx, onnxruntime)``, or :class:`ExportError` saying how to install them."""
+    missing = onnx_missing()
+    if missing:
+        raise ExportError(f"{ONNX_MISSING} (missing: {', '.join(missing)})")
+    import onnx
+    import onnxruntime
+    import tf2onnx
+    return tf2onnx, onnx, onnxruntime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +276,46 @@ def non_builtin_ops(op_names) -> List[str]:
     return [name for name in op_names if name.startswith("CUSTOM")]
 
 
+def convert_onnx(tflite_path: str, path: str, opset: int = ONNX_OPSET) -> int:
+    """Converts a float32 TFLite model of :func:`convert_tflite` to ONNX at ``path``.
+
+    ``tf2onnx.convert.from_tflite`` does the conversion; the graph's input and outputs are then
+    renamed after the TFLite signature (``images`` -> ``landmarks``, ``pose``) and the batch
+    dimension made symbolic (``batch``): the network has no op that depends on the batch (no
+    reshape; the heads read the pooled (B, C) features). The ONNX input is float32 RGB NHWC
+    (B, S, S, 3) in [0, 1], as the SavedModel's and the TFLite model's.
+
+    Returns:
+      The size of the written file in bytes.
+    """
+    tf2onnx, onnx, _ = import_onnx()
+    interpreter = make_interpreter(tflite_path)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    rename = {detail["name"]: name for name, detail in runner.get_input_details().items()}
+    rename.update({detail["name"]: name for name, detail in runner.get_output_details().items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = tf2onnx.convert.from_tflite(tflite_path, opset=opset)
+    graph = model.graph
+    found = {value.name for value in list(graph.input) + list(graph.output)}
+    if found != set(rename):
+        raise ExportError(f"tf2onnx's graph has inputs and outputs {sorted(found)}, expected the "
+                          f"TFLite signature's {sorted(rename)}")
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    for value in list(graph.input) + list(graph.output):
+        value.name = rename[value.name]
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    model.graph.doc_string = ("ASMNet (asmnet_jax.export): images float32 RGB NHWC in [0, 1] -> "
+                              "landmarks (batch, 2n) model coordinates, pose (batch, 3) radians")
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the exports
 
@@ -274,6 +360,61 @@ def run_saved_model(directory: str, images: np.ndarray) -> Dict[str, np.ndarray]
     return {name: out[name].numpy() for name in OUTPUT_NAMES}
 
 
+def make_onnx_session(path: str, threads: int = 1):
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads."""
+    _, _, ort = import_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: np.ndarray) -> Dict[str, np.ndarray]:
+    """Runs the ONNX model on float32 images (N, S, S, 3) as one batch; returns the output dict."""
+    outputs = session.run(list(OUTPUT_NAMES),
+                          {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
+    return dict(zip(OUTPUT_NAMES, outputs))
+
+
+def _latency(call: Callable[[], Any], runs: int, warmup: int) -> Dict[str, float]:
+    if runs < 1:
+        raise ExportError(f"latency runs must be >= 1, got {runs}")
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        call()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    times = np.asarray(times)
+    return {"median": float(np.median(times)), "min": float(times.min()),
+            "p90": float(np.percentile(times, 90)), "runs": int(runs)}
+
+
+def onnx_latency_ms(session, batch: int = 1, runs: int = 50, warmup: int = 5, seed: int = 0
+                    ) -> Dict[str, float]:
+    """Latency of one ONNX Runtime ``run`` (both outputs) on a random batch; as
+    :func:`tflite_latency_ms`."""
+    shape = session.get_inputs()[0].shape
+    image = np.random.default_rng(seed).random((batch, *shape[1:]), dtype=np.float32)
+    return _latency(lambda: session.run(list(OUTPUT_NAMES), {INPUT_NAME: image}), runs, warmup)
+
+
+def jax_latency_ms(loaded, batch: int = 1, runs: int = 50, warmup: int = 5, seed: int = 0
+                   ) -> Dict[str, float]:
+    """Latency of the JAX model as loaded (``jax.jit`` of ``model.apply``, outputs copied to
+    NumPy) on a random batch; as :func:`tflite_latency_ms`. Runs on JAX's default device."""
+    import jax
+
+    apply = jax.jit(lambda variables, x: loaded.model.apply(variables, x, train=False))
+    size = loaded.input_size
+    image = jax.device_put(np.random.default_rng(seed).random((batch, size, size, 3),
+                                                              dtype=np.float32))
+    variables = jax.device_put(loaded.variables)
+    return _latency(lambda: jax.tree_util.tree_map(np.asarray, apply(variables, image)),
+                    runs, warmup)
+
+
 def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
     """float32 (count, size, size, 3) in [0, 1]: uniform noise with a random colour scale and
     offset per image, so that images differ in their means (pure noise images all look alike to a
@@ -312,23 +453,17 @@ def tflite_latency_ms(interpreter, runs: int = 50, warmup: int = 5, seed: int = 
     Returns ``{"median": ms, "min": ms, "p90": ms, "runs": runs}`` over ``runs`` timed calls after
     ``warmup`` untimed ones, on one random input.
     """
-    if runs < 1:
-        raise ExportError(f"latency runs must be >= 1, got {runs}")
     detail = interpreter.get_input_details()[0]
     outputs = [d["index"] for d in interpreter.get_output_details()]
     image = np.random.default_rng(seed).random(detail["shape"], dtype=np.float32)
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
+
+    def call():
         interpreter.set_tensor(detail["index"], image)
         interpreter.invoke()
         for index in outputs:
             interpreter.get_tensor(index)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    times = np.asarray(times)
-    return {"median": float(np.median(times)), "min": float(times.min()),
-            "p90": float(np.percentile(times, 90)), "runs": int(runs)}
+
+    return _latency(call, runs, warmup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,13 +503,24 @@ def describe_export(loaded, files: Dict[str, Any]) -> Dict[str, Any]:
             "pose": {"dtype": "float32", "shape": ["batch", 3], "order": ["yaw", "pitch", "roll"],
                      "units": "radians"}},
         "files": files,
-        "tolerances": {"float32": FLOAT32_TOLERANCE, "float16": FLOAT16_TOLERANCE},
-        "versions": {"jax": jax.__version__, "tensorflow": tf.__version__},
+        "tolerances": {"float32": FLOAT32_TOLERANCE, "float16": FLOAT16_TOLERANCE,
+                       "onnx": ONNX_TOLERANCE},
+        "versions": {"jax": jax.__version__, "tensorflow": tf.__version__,
+                     **_onnx_versions(files)},
     }
+
+
+def _onnx_versions(files: Dict[str, Any]) -> Dict[str, str]:
+    if "onnx" not in files:
+        return {}
+    tf2onnx, onnx, ort = import_onnx()
+    return {"tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__}
 
 
 def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, batch: int = 1,
            verify_images: int = 4, latency_runs: int = 50, threads: int = 1, seed: int = 0,
+           onnx: Optional[bool] = None,
            log: Callable[[str], None] = lambda message: None) -> Dict[str, Any]:
     """Writes and verifies the exports of ``loaded`` in ``out_dir``; returns the report.
 
@@ -382,17 +528,23 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
       loaded: a :class:`asmnet_jax.inference.LoadedModel`.
       out_dir: output directory (created; earlier outputs of this function in it are replaced).
       float16: also write ``model_fp16.tflite`` with float16 weights.
-      tflite: write the TFLite file(s) (else only the SavedModel).
-      batch: fixed batch of the TFLite models.
+      tflite: write the TFLite file(s).
+      batch: fixed batch of the TFLite models; the batch the latencies are measured at.
       verify_images: random images (rounded up to a multiple of ``batch``) compared to JAX.
-      latency_runs: timed runs of the float32 TFLite model (0: no latency measurement).
-      threads: TFLite interpreter threads for verification and latency.
+      latency_runs: timed runs of the JAX model, the float32 TFLite model and the ONNX model
+        (0: no latency measurement).
+      threads: TFLite interpreter and ONNX Runtime intra-op threads, for verification and latency.
       seed: seed of the random verification images.
+      onnx: write ``model.onnx`` (converted from the float32 TFLite model, made in a temporary
+        directory when ``tflite`` is False): True requires the ONNX packages (else
+        :class:`ExportError`), None writes it when they are installed and logs a one-line notice
+        when not, False skips it.
       log: receives progress lines.
 
     Returns:
       ``{"files": {...}, "max_abs_diff": {export: {output: diff}}, "tolerance": {export: bound},
-      "ok": bool, "ops": {tflite export: [op names]}, "latency_ms": {...} or None,
+      "ok": bool, "ops": {tflite export: [op names]}, "latency_ms": {...} (float32 TFLite) or
+      None, "latencies_ms": {"jax"|"tflite"|"onnx": {...}}, "onnx_skipped": reason or None,
       "export_json": path}``.
     """
     tf, _ = import_tensorflow()
@@ -402,11 +554,22 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
         raise ExportError(f"the number of verification images must be >= 1, got {verify_images}")
     if threads < 1:
         raise ExportError(f"--threads must be >= 1, got {threads}")
+    onnx_skipped = None
+    if onnx is None:
+        missing = onnx_missing()
+        if missing:
+            onnx_skipped = f"{ONNX_MISSING} (missing: {', '.join(missing)})"
+            log(f"skipping {ONNX_FILE}: {onnx_skipped}")
+        onnx = not missing
+    elif onnx:
+        import_onnx()
+    else:
+        onnx_skipped = "--no-onnx"
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"{out_dir}: exists and is not a directory")
     os.makedirs(out_dir, exist_ok=True)
-    for stale in (SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_FP16_FILE, EXPORT_JSON):
+    for stale in (SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_FP16_FILE, ONNX_FILE, EXPORT_JSON):
         path = os.path.join(out_dir, stale)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -432,18 +595,30 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
     diffs["saved_model"] = max_differences(run_saved_model(saved_model, images), reference)
     tolerance["saved_model"] = FLOAT32_TOLERANCE
 
-    latency = None
-    if tflite:
-        variants = [("tflite", TFLITE_FILE, False)]
-        if float16:
+    latencies: Dict[str, Dict[str, Any]] = {}
+    if latency_runs > 0:
+        log(f"timing the JAX model: {latency_runs} runs, batch {batch}")
+        latencies["jax"] = jax_latency_ms(loaded, batch, latency_runs)
+        latencies["jax"].update({"batch": batch, "threads": None,
+                                 "backend": _jax_backend()})
+
+    with tempfile.TemporaryDirectory(prefix="asmnet_export_") as scratch:
+        variants = [("tflite", TFLITE_FILE, False)] if tflite or onnx else []
+        if tflite and float16:
             variants.append(("tflite_fp16", TFLITE_FP16_FILE, True))
-        module = tflite_module(loaded, batch)
+        module = tflite_module(loaded, batch) if variants else None
+        tflite_fp32 = None
         for key, name, half in variants:
-            log(f"writing {name} ({'float16' if half else 'float32'} weights, batch {batch})")
+            log(f"writing {name} ({'float16' if half else 'float32'} weights, batch {batch})"
+                + ("" if tflite else " for the ONNX conversion only"))
             model_bytes = convert_tflite(loaded, batch=batch, float16=half, module=module)
-            path = os.path.join(out_dir, name)
+            path = os.path.join(out_dir if tflite else scratch, name)
             with open(path, "wb") as f:
                 f.write(model_bytes)
+            if not half:
+                tflite_fp32 = path
+            if not tflite:
+                continue
             ops[key] = tflite_op_names(model_bytes)
             files[key] = {"path": name, "batch": batch, "bytes": len(model_bytes),
                           "weights": "float16" if half else "float32", "ops": ops[key]}
@@ -452,8 +627,26 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
             tolerance[key] = FLOAT16_TOLERANCE if half else FLOAT32_TOLERANCE
             if not half and latency_runs > 0:
                 log(f"timing {name}: {latency_runs} runs, {threads} thread(s)")
-                latency = tflite_latency_ms(interpreter, latency_runs)
-                latency.update({"batch": batch, "threads": threads, "file": name})
+                latencies["tflite"] = tflite_latency_ms(interpreter, latency_runs)
+                latencies["tflite"].update({"batch": batch, "threads": threads, "file": name})
+
+        if onnx:
+            log(f"writing {ONNX_FILE} (tf2onnx from the float32 TFLite model, opset {ONNX_OPSET})")
+            path = os.path.join(out_dir, ONNX_FILE)
+            size_bytes = convert_onnx(tflite_fp32, path)
+            files["onnx"] = {"path": ONNX_FILE, "batch": "any", "bytes": size_bytes,
+                             "weights": "float32", "opset": ONNX_OPSET,
+                             "converted_from": "float32 TFLite model (tf2onnx)"}
+            session = make_onnx_session(path, threads)
+            diffs["onnx"] = max_differences(run_onnx(session, images), reference)
+            tolerance["onnx"] = ONNX_TOLERANCE
+            if latency_runs > 0:
+                log(f"timing {ONNX_FILE} (ONNX Runtime): {latency_runs} runs, {threads} "
+                    "thread(s)")
+                latencies["onnx"] = onnx_latency_ms(session, batch, latency_runs)
+                latencies["onnx"].update({"batch": batch, "threads": threads,
+                                          "file": ONNX_FILE})
+    latency = latencies.get("tflite")
 
     custom = {key: non_builtin_ops(names) for key, names in ops.items()
               if non_builtin_ops(names)}
@@ -463,13 +656,20 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
     description["verification"] = {"images": count, "seed": seed, "max_abs_diff": diffs,
                                    "tolerance": tolerance, "ok": ok}
     description["latency_ms"] = latency
+    description["latencies_ms"] = latencies
     export_json = os.path.join(out_dir, EXPORT_JSON)
     with atomic_open(export_json) as f:
         json.dump(description, f, indent=2)
         f.write("\n")
     return {"files": files, "max_abs_diff": diffs, "tolerance": tolerance, "ok": ok,
             "ops": ops, "non_builtin_ops": custom, "latency_ms": latency,
-            "export_json": export_json}
+            "latencies_ms": latencies, "onnx_skipped": onnx_skipped, "export_json": export_json}
+
+
+def _jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 def _tree_bytes(directory: str) -> int:
@@ -491,12 +691,21 @@ def format_table(report: Dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
              for row in rows]
-    latency = report["latency_ms"]
-    if latency:
-        lines.append(f"TFLite latency ({latency['file']}, batch {latency['batch']}, "
-                     f"{latency['threads']} thread(s), {latency['runs']} runs): median "
-                     f"{latency['median']:.2f} ms, min {latency['min']:.2f} ms, "
+    latencies = report.get("latencies_ms") or {}
+    if report.get("latency_ms") and "tflite" not in latencies:
+        latencies = {**latencies, "tflite": report["latency_ms"]}
+    for key, label in (("jax", "JAX latency"), ("tflite", "TFLite latency"),
+                       ("onnx", "ONNX Runtime latency")):
+        latency = latencies.get(key)
+        if not latency:
+            continue
+        where = (f"jax.jit on {latency.get('backend', '?')}" if key == "jax" else
+                 f"{latency['file']}, {latency['threads']} thread(s)")
+        lines.append(f"{label} ({where}, batch {latency['batch']}, {latency['runs']} runs): "
+                     f"median {latency['median']:.2f} ms, min {latency['min']:.2f} ms, "
                      f"p90 {latency['p90']:.2f} ms")
+    if report.get("onnx_skipped") and report["onnx_skipped"] != "--no-onnx":
+        lines.append(f"{ONNX_FILE} not written: {report['onnx_skipped']}")
     for key, names in report["non_builtin_ops"].items():
         lines.append(f"{report['files'][key]['path']}: non-builtin ops {names} "
                      "(phones without the Flex delegate cannot run them)")

@@ -1,7 +1,9 @@
-"""Tests of asmnet_jax.export: SavedModel and TFLite exports of a 64 px ASMNet match the JAX model.
+"""Tests of asmnet_jax.export: SavedModel, TFLite and ONNX exports of a 64 px ASMNet match the JAX
+model.
 
-One export (SavedModel, float32 and float16 TFLite) is made once per module through the CLI and
-checked by the tests below against a JAX model built independently from the saved variables.
+One export (SavedModel, float32 and float16 TFLite, and ONNX when tf2onnx, onnx and onnxruntime are
+installed) is made once per module through the CLI and checked by the tests below against a JAX
+model built independently from the saved variables.
 """
 
 import contextlib
@@ -26,6 +28,11 @@ from _variables import random_variables
 #: The exports need TensorFlow (the ``export`` extra); only the missing-TensorFlow test runs without.
 requires_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                  reason='needs TensorFlow: pip install -e ".[export]"')
+#: The ONNX export needs tf2onnx, onnx and onnxruntime too.
+requires_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None
+        for name in ("tensorflow",) + export_lib.ONNX_PACKAGES),
+    reason='needs TensorFlow, tf2onnx, onnx and onnxruntime: pip install -e ".[export]"')
 
 SIZE = 64
 NUM_LANDMARKS = 68
@@ -96,13 +103,53 @@ def test_cli_prints_table_and_json_summary(exported):
     summary = json.loads(lines[-1])
     assert summary["model"] == "asmnet" and summary["input_size"] == SIZE
     assert summary["ok"] is True
-    assert set(summary["bytes"]) == {"saved_model", "tflite", "tflite_fp16"}
+    onnx = not export_lib.onnx_missing()
+    assert set(summary["bytes"]) == {"saved_model", "tflite", "tflite_fp16"} | (
+        {"onnx"} if onnx else set())
     assert summary["bytes"]["tflite"] == (out / export_lib.TFLITE_FILE).stat().st_size
     for key in ("saved_model", "tflite"):
         assert max(summary["max_abs_diff"][key].values()) <= 1e-3
     assert summary["latency_ms"] > 0 and summary["latency"]["batch"] == 1
+    assert set(summary["latencies_ms"]) == {"jax", "tflite"} | ({"onnx"} if onnx else set())
+    assert all(value > 0 for value in summary["latencies_ms"].values())
+    assert summary["latencies_ms"]["tflite"] == summary["latency_ms"]
     table = "\n".join(lines[:-1])
     assert "model.tflite" in table and "TFLite latency" in table and "FAIL" not in table
+    assert "JAX latency" in table
+    if onnx:
+        assert summary["max_abs_diff"]["onnx"] and summary["onnx_skipped"] is None
+        assert max(summary["max_abs_diff"]["onnx"].values()) <= export_lib.ONNX_TOLERANCE
+        assert "model.onnx" in table and "ONNX Runtime latency" in table
+
+
+@requires_onnx
+def test_onnx_matches_jax_within_1e_4_with_any_batch(exported, images, reference):
+    """model.onnx loads in ONNX Runtime, names its input and outputs after the signature, takes
+    float32 NHWC images of any batch and matches the JAX model within 1e-4."""
+    import onnx
+    import onnxruntime as ort
+
+    _, out, _, _ = exported
+    path = out / export_lib.ONNX_FILE
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version == export_lib.ONNX_OPSET
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "images" and image_input.type == "tensor(float)"
+    assert image_input.shape == ["batch", SIZE, SIZE, 3]
+    assert [output.name for output in session.get_outputs()] in (["landmarks", "pose"],
+                                                                 ["pose", "landmarks"])
+    outputs = export_lib.run_onnx(session, images)  # batch 3; the TFLite source had batch 1
+    assert outputs["landmarks"].shape == (3, 2 * NUM_LANDMARKS)
+    assert outputs["pose"].shape == (3, 3)
+    diffs = export_lib.max_differences(outputs, reference)
+    assert max(diffs.values()) <= 1e-4, diffs
+    single = export_lib.run_onnx(session, images[1:2])
+    np.testing.assert_allclose(single["landmarks"], outputs["landmarks"][1:2], atol=1e-5)
+    latency = export_lib.onnx_latency_ms(export_lib.make_onnx_session(str(path)), runs=2,
+                                         warmup=1)
+    assert latency["median"] > 0 and latency["runs"] == 2
 
 
 @requires_tf
@@ -177,6 +224,13 @@ def test_export_json_describes_the_model(exported):
     assert verification["ok"] is True
     assert max(verification["max_abs_diff"]["tflite"].values()) <= 1e-3
     assert info["latency_ms"]["batch"] == 1 and info["latency_ms"]["median"] > 0
+    assert info["latencies_ms"]["jax"]["median"] > 0
+    if not export_lib.onnx_missing():
+        assert files["onnx"]["batch"] == "any" and files["onnx"]["opset"] == export_lib.ONNX_OPSET
+        assert max(verification["max_abs_diff"]["onnx"].values()) <= 1e-4
+        assert verification["tolerance"]["onnx"] == export_lib.ONNX_TOLERANCE
+        assert info["latencies_ms"]["onnx"]["median"] > 0
+        assert "onnxruntime" in info["versions"]
 
 
 @requires_tf
@@ -212,7 +266,8 @@ def test_mismatch_beyond_bound_fails_with_exit_1(exported, tmp_path, monkeypatch
     monkeypatch.setattr(export_lib, "save_saved_model", fake_save)
     monkeypatch.setattr(export_lib, "run_saved_model", fake_run)
     code = export_cli.main(["--model", str(model_dir), "--out", str(tmp_path / "bad"),
-                            "--no-tflite", "--verify-images", "2"])
+                            "--no-tflite", "--no-onnx", "--verify-images", "2",
+                            "--latency-runs", "0"])
     captured = capsys.readouterr()
     assert code == 1
     summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -220,6 +275,40 @@ def test_mismatch_beyond_bound_fails_with_exit_1(exported, tmp_path, monkeypatch
     assert "FAIL" in captured.out
     assert "asmnet-export: error:" in captured.err
     assert not (tmp_path / "bad" / export_lib.TFLITE_FILE).exists()
+    assert not (tmp_path / "bad" / export_lib.ONNX_FILE).exists()
+
+
+@requires_tf
+def test_missing_onnx_packages_skip_onnx_with_one_line(exported, tmp_path, monkeypatch, capsys):
+    """Without tf2onnx / onnx / onnxruntime the export goes on without model.onnx and says why in
+    one line; asking for ONNX explicitly (onnx=True) is an error saying how to install them."""
+    model_dir, _, _, _ = exported
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # makes `import tf2onnx` fail
+
+    def fake_save(loaded, directory):
+        os.makedirs(directory)
+        open(os.path.join(directory, "saved_model.pb"), "wb").close()
+        return directory
+
+    def fake_run(directory, images):  # the JAX model's outputs: the SavedModel check passes
+        return export_lib.jax_outputs(loaded_model, images)
+
+    from asmnet_jax import inference
+
+    loaded_model = inference.load(str(model_dir))
+    monkeypatch.setattr(export_lib, "save_saved_model", fake_save)
+    monkeypatch.setattr(export_lib, "run_saved_model", fake_run)
+    code = export_cli.main(["--model", str(model_dir), "--out", str(tmp_path / "out"),
+                            "--no-tflite", "--verify-images", "1", "--latency-runs", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    notice = [line for line in captured.err.splitlines() if "model.onnx" in line]
+    assert len(notice) == 1 and "tf2onnx" in notice[0] and 'pip install -e ".[export]"' in notice[0]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "onnx" not in summary["bytes"] and "tf2onnx" in summary["onnx_skipped"]
+    assert not (tmp_path / "out" / export_lib.ONNX_FILE).exists()
+    with pytest.raises(export_lib.ExportError, match="tf2onnx"):
+        export_lib.export(loaded_model, tmp_path / "out2", tflite=False, onnx=True)
 
 
 @requires_tf
