@@ -2,9 +2,13 @@
 
     asmnet-predict photo.jpg                       # the shipped default model, a face detector
     asmnet-predict photos/ --model runs/x --out predictions --boxes boxes.json
+    asmnet-predict clip.mp4                        # a video: tracked faces, one JSON line a frame
+    asmnet-predict --webcam 0 --max-frames 300     # a camera
 
 Writes ``OUT/predictions.json`` (``--format csv``: ``OUT/predictions.csv``, a row a face) and a
-drawing ``OUT/<image>.png`` per image; the last stdout line is a JSON summary.
+drawing ``OUT/<image>.png`` per image; the last stdout line is a JSON summary. A video (by its
+ending, or ``--video``) or ``--webcam N`` goes to :func:`asmnet_jax.video.predict_video` instead:
+``OUT/predictions.jsonl`` (or ``.csv``) and ``OUT/<video>.annotated.mp4``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from asmnet_jax.cli import (add_batch_size_argument, add_model_arguments, add_ou
 from asmnet_jax.inference import DEFAULT_MODEL
 from asmnet_jax.detection import AUTO_ORDER, DETECTORS, choose_detector
 from asmnet_jax.errors import PredictError
+from asmnet_jax import tracking
 from asmnet_jax.predict import (IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, OUTPUT_FORMATS, check_format,
                                 predict_files)
+from asmnet_jax.video import VIDEO_EXTENSIONS, is_video, predict_video
 
 PROG = "asmnet-predict"
 DEFAULT_OUT = "predictions"
@@ -40,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                "are refused (downscale them first). The default model, "
                f"{DEFAULT_MODEL}, is ASMNet trained on 300W faces: for non-commercial research "
                "only.")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
                         help="image files and directories (walked recursively for "
-                             + "/".join(e[1:] for e in IMAGE_EXTENSIONS) + " files)")
+                             + "/".join(e[1:] for e in IMAGE_EXTENSIONS) + " files), or one "
+                             "video file (" + "/".join(e[1:] for e in VIDEO_EXTENSIONS)
+                             + ", or any with --video)")
     add_model_arguments(parser, default=DEFAULT_MODEL)
     add_out_argument(parser, "where predictions.json and the drawings go (default: "
                              f"{DEFAULT_OUT})", default=DEFAULT_OUT)
@@ -73,6 +81,44 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write predictions.json / .csv only")
     parser.add_argument("--skip-bad", action="store_true",
                         help="report unreadable images instead of stopping at the first")
+    video = parser.add_argument_group(
+        "video", "A video file or a camera is read frame by frame; faces are tracked (ids kept "
+                 "across frames) and smoothed. Output: OUT/predictions.jsonl, one JSON line a "
+                 "frame (frame, time in s, faces with id, box, landmarks, yaw/pitch/roll, score, "
+                 "shape_score), or with --format csv OUT/predictions.csv (a row a frame and face), "
+                 "and unless --no-draw OUT/<video>.annotated.mp4. --box gives the faces of the "
+                 "first frame.")
+    video.add_argument("--video", action="store_true",
+                       help="take the single input as a video whatever its ending")
+    video.add_argument("--webcam", type=int, metavar="N",
+                       help="read camera N (OpenCV's index, 0: the first) instead of a file; "
+                            "stop with Ctrl-C or --max-frames")
+    video.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    video.add_argument("--detect-every", type=int, default=tracking.DEFAULT_DETECT_EVERY,
+                       metavar="K",
+                       help="run the face detector every K frames (default "
+                            f"{tracking.DEFAULT_DETECT_EVERY}); in between, a face's crop comes "
+                            "from its previous landmarks. It also runs on the first frame and "
+                            "after a frame with a lost track, no face or a low shape_score")
+    video.add_argument("--min-track-score", type=float,
+                       default=tracking.DEFAULT_MIN_TRACK_SCORE, metavar="S",
+                       help="a track whose shape_score falls below S (models with a shape model) "
+                            "makes the detector run on the next frame (default "
+                            f"{tracking.DEFAULT_MIN_TRACK_SCORE})")
+    video.add_argument("--no-smooth", action="store_true",
+                       help="output the raw landmarks and pose of each frame (default: smoothed "
+                            "over time per face by the One Euro filter)")
+    video.add_argument("--smooth-min-cutoff", type=float, default=tracking.DEFAULT_MIN_CUTOFF,
+                       metavar="HZ",
+                       help="One Euro filter: the cutoff frequency at rest, in Hz (default "
+                            f"{tracking.DEFAULT_MIN_CUTOFF:g}); lower: less jitter when the face "
+                            "is still, more lag")
+    video.add_argument("--smooth-beta", type=float, default=tracking.DEFAULT_BETA, metavar="B",
+                       help="One Euro filter: how fast the cutoff rises with speed, in Hz per "
+                            "pixel/s (landmarks) or degree/s (pose) (default "
+                            f"{tracking.DEFAULT_BETA:g}); higher: less lag when the face moves, "
+                            "more jitter. The speed's own cutoff is fixed at "
+                            f"{tracking.D_CUTOFF:g} Hz")
     return parser
 
 
@@ -109,8 +155,38 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _video_input(args: argparse.Namespace):
+    """The video to read (a path, or None for ``--webcam``), or False for photos."""
+    videos = [p for p in args.inputs if args.video or is_video(p)]
+    if args.webcam is None and not videos:
+        if not args.inputs:
+            raise PredictError("give image files, directories, a video file or --webcam N")
+        return False
+    if args.webcam is not None and args.inputs:
+        raise PredictError("--webcam reads a camera: give no input files with it")
+    if args.webcam is None and len(args.inputs) != 1:
+        raise PredictError(f"a video is read on its own: got {len(args.inputs)} inputs with "
+                           f"{videos[0]}")
+    for flag, value in (("--boxes", args.boxes), ("--skip-bad", args.skip_bad)):
+        if value:
+            raise PredictError(f"{flag} is for photos; for a video use --box (its first frame)")
+    return None if args.webcam is not None else args.inputs[0]
+
+
 def _predict(args: argparse.Namespace) -> int:
     check_options(args)
+    video = _video_input(args)
+    if video is not False:
+        summary = predict_video(
+            video, lambda: load_model(args), args.out, camera=args.webcam,
+            batch_size=args.batch_size, box=args.box, detector=args.detector,
+            min_score=args.min_score, flip=args.flip, draw=not args.no_draw,
+            output_format=args.format, detect_every=args.detect_every,
+            min_track_score=args.min_track_score, smooth=not args.no_smooth,
+            smooth_min_cutoff=args.smooth_min_cutoff, smooth_beta=args.smooth_beta,
+            max_frames=args.max_frames, warn=_warn)
+        print(json.dumps(summary))
+        return 0
     summary = predict_files(args.inputs, lambda: load_model(args), args.out,
                             batch_size=args.batch_size, boxes_file=args.boxes, box=args.box,
                             detector=args.detector, min_score=args.min_score, flip=args.flip,
