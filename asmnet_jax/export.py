@@ -518,6 +518,90 @@ def _onnx_versions(files: Dict[str, Any]) -> Dict[str, str]:
             "onnxruntime": ort.__version__}
 
 
+def _onnx_wanted(onnx: Optional[bool], log) -> Tuple[bool, Optional[str]]:
+    """(whether to write the ONNX model, why not when skipped) for ``export``'s ``onnx``."""
+    if onnx is None:
+        missing = onnx_missing()
+        if missing:
+            reason = f"{ONNX_MISSING} (missing: {', '.join(missing)})"
+            log(f"skipping {ONNX_FILE}: {reason}")
+            return False, reason
+        return True, None
+    if onnx:
+        import_onnx()
+        return True, None
+    return False, "--no-onnx"
+
+
+def _fresh_output_dir(out_dir) -> str:
+    """``out_dir`` made absolute and created, with this module's earlier outputs removed."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir}: exists and is not a directory")
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in (SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_FP16_FILE, ONNX_FILE, EXPORT_JSON):
+        path = os.path.join(out_dir, stale)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    return out_dir
+
+
+def _write_onnx(tflite_fp32: str, out_dir: str, images, reference, threads: int, batch: int,
+                latency_runs: int, log):
+    """Converts the float32 TFLite model to ``out_dir/model.onnx`` and checks it against the JAX
+    ``reference`` on ``images``: (file entry, max differences, latency or None)."""
+    log(f"writing {ONNX_FILE} (tf2onnx from the float32 TFLite model, opset {ONNX_OPSET})")
+    path = os.path.join(out_dir, ONNX_FILE)
+    size_bytes = convert_onnx(tflite_fp32, path)
+    entry = {"path": ONNX_FILE, "batch": "any", "bytes": size_bytes, "weights": "float32",
+             "opset": ONNX_OPSET, "converted_from": "float32 TFLite model (tf2onnx)"}
+    session = make_onnx_session(path, threads)
+    diffs = max_differences(run_onnx(session, images), reference)
+    latency = None
+    if latency_runs > 0:
+        log(f"timing {ONNX_FILE} (ONNX Runtime): {latency_runs} runs, {threads} thread(s)")
+        latency = onnx_latency_ms(session, batch, latency_runs)
+        latency.update({"batch": batch, "threads": threads, "file": ONNX_FILE})
+    return entry, diffs, latency
+
+
+def _write_tflite(loaded, directory: str, keep: bool, float16: bool, for_onnx: bool, batch: int,
+                  images, reference, threads: int, latency_runs: int, log, files, diffs,
+                  tolerance, ops, latencies) -> Optional[str]:
+    """Writes the TFLite model(s) into ``directory`` and, when they are kept (``keep``: not only
+    made for the ONNX conversion), checks and times them into the given report dicts; returns
+    the float32 file's path (None when none was made)."""
+    variants = [("tflite", TFLITE_FILE, False)] if keep or for_onnx else []
+    if keep and float16:
+        variants.append(("tflite_fp16", TFLITE_FP16_FILE, True))
+    module = tflite_module(loaded, batch) if variants else None
+    fp32_path = None
+    for key, name, half in variants:
+        log(f"writing {name} ({'float16' if half else 'float32'} weights, batch {batch})"
+            + ("" if keep else " for the ONNX conversion only"))
+        model_bytes = convert_tflite(loaded, batch=batch, float16=half, module=module)
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(model_bytes)
+        if not half:
+            fp32_path = path
+        if not keep:
+            continue
+        ops[key] = tflite_op_names(model_bytes)
+        files[key] = {"path": name, "batch": batch, "bytes": len(model_bytes),
+                      "weights": "float16" if half else "float32", "ops": ops[key]}
+        interpreter = make_interpreter(path, threads)
+        diffs[key] = max_differences(run_tflite(interpreter, images), reference)
+        tolerance[key] = FLOAT16_TOLERANCE if half else FLOAT32_TOLERANCE
+        if not half and latency_runs > 0:
+            log(f"timing {name}: {latency_runs} runs, {threads} thread(s)")
+            latencies["tflite"] = tflite_latency_ms(interpreter, latency_runs)
+            latencies["tflite"].update({"batch": batch, "threads": threads, "file": name})
+    return fp32_path
+
+
 def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, batch: int = 1,
            verify_images: int = 4, latency_runs: int = 50, threads: int = 1, seed: int = 0,
            onnx: Optional[bool] = None,
@@ -554,27 +638,8 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
         raise ExportError(f"the number of verification images must be >= 1, got {verify_images}")
     if threads < 1:
         raise ExportError(f"--threads must be >= 1, got {threads}")
-    onnx_skipped = None
-    if onnx is None:
-        missing = onnx_missing()
-        if missing:
-            onnx_skipped = f"{ONNX_MISSING} (missing: {', '.join(missing)})"
-            log(f"skipping {ONNX_FILE}: {onnx_skipped}")
-        onnx = not missing
-    elif onnx:
-        import_onnx()
-    else:
-        onnx_skipped = "--no-onnx"
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ExportError(f"{out_dir}: exists and is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in (SAVED_MODEL_DIR, TFLITE_FILE, TFLITE_FP16_FILE, ONNX_FILE, EXPORT_JSON):
-        path = os.path.join(out_dir, stale)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+    onnx, onnx_skipped = _onnx_wanted(onnx, log)
+    out_dir = _fresh_output_dir(out_dir)
 
     size = loaded.input_size
     count = -(-verify_images // batch) * batch
@@ -603,49 +668,16 @@ def export(loaded, out_dir: str, float16: bool = False, tflite: bool = True, bat
                                  "backend": _jax_backend()})
 
     with tempfile.TemporaryDirectory(prefix="asmnet_export_") as scratch:
-        variants = [("tflite", TFLITE_FILE, False)] if tflite or onnx else []
-        if tflite and float16:
-            variants.append(("tflite_fp16", TFLITE_FP16_FILE, True))
-        module = tflite_module(loaded, batch) if variants else None
-        tflite_fp32 = None
-        for key, name, half in variants:
-            log(f"writing {name} ({'float16' if half else 'float32'} weights, batch {batch})"
-                + ("" if tflite else " for the ONNX conversion only"))
-            model_bytes = convert_tflite(loaded, batch=batch, float16=half, module=module)
-            path = os.path.join(out_dir if tflite else scratch, name)
-            with open(path, "wb") as f:
-                f.write(model_bytes)
-            if not half:
-                tflite_fp32 = path
-            if not tflite:
-                continue
-            ops[key] = tflite_op_names(model_bytes)
-            files[key] = {"path": name, "batch": batch, "bytes": len(model_bytes),
-                          "weights": "float16" if half else "float32", "ops": ops[key]}
-            interpreter = make_interpreter(path, threads)
-            diffs[key] = max_differences(run_tflite(interpreter, images), reference)
-            tolerance[key] = FLOAT16_TOLERANCE if half else FLOAT32_TOLERANCE
-            if not half and latency_runs > 0:
-                log(f"timing {name}: {latency_runs} runs, {threads} thread(s)")
-                latencies["tflite"] = tflite_latency_ms(interpreter, latency_runs)
-                latencies["tflite"].update({"batch": batch, "threads": threads, "file": name})
+        tflite_fp32 = _write_tflite(loaded, out_dir if tflite else scratch, tflite, float16,
+                                    bool(onnx), batch, images, reference, threads,
+                                    latency_runs, log, files, diffs, tolerance, ops, latencies)
 
         if onnx:
-            log(f"writing {ONNX_FILE} (tf2onnx from the float32 TFLite model, opset {ONNX_OPSET})")
-            path = os.path.join(out_dir, ONNX_FILE)
-            size_bytes = convert_onnx(tflite_fp32, path)
-            files["onnx"] = {"path": ONNX_FILE, "batch": "any", "bytes": size_bytes,
-                             "weights": "float32", "opset": ONNX_OPSET,
-                             "converted_from": "float32 TFLite model (tf2onnx)"}
-            session = make_onnx_session(path, threads)
-            diffs["onnx"] = max_differences(run_onnx(session, images), reference)
+            files["onnx"], diffs["onnx"], onnx_latency = _write_onnx(
+                tflite_fp32, out_dir, images, reference, threads, batch, latency_runs, log)
             tolerance["onnx"] = ONNX_TOLERANCE
-            if latency_runs > 0:
-                log(f"timing {ONNX_FILE} (ONNX Runtime): {latency_runs} runs, {threads} "
-                    "thread(s)")
-                latencies["onnx"] = onnx_latency_ms(session, batch, latency_runs)
-                latencies["onnx"].update({"batch": batch, "threads": threads,
-                                          "file": ONNX_FILE})
+            if onnx_latency is not None:
+                latencies["onnx"] = onnx_latency
     latency = latencies.get("tflite")
 
     custom = {key: non_builtin_ops(names) for key, names in ops.items()
