@@ -33,6 +33,7 @@ import numpy as np
 
 from asmnet_jax import model_dir, run_dir
 from asmnet_jax.data import crop
+from asmnet_jax.asm import ShapeModel
 from asmnet_jax.errors import ModelError
 from asmnet_jax.mesh import batch_sharding, make_mesh, replicate
 from asmnet_jax.models import build_model
@@ -99,8 +100,6 @@ def _check_shape_model(shape_model, where: str, num_landmarks: int):
 
 
 def _read_run_shape_model(workdir: str, num_landmarks: int):
-    from asmnet_jax.asm import ShapeModel
-
     path = run_dir.shape_model_path(workdir)
     if not os.path.isfile(path):
         return None

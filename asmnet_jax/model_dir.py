@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from asmnet_jax.asm import ShapeModel
 from asmnet_jax.errors import ModelError
 from asmnet_jax.files import atomic_open
 from asmnet_jax.landmarks import FLIP_ORDERS
@@ -111,8 +112,6 @@ def save_model(directory, model_name: str, num_landmarks: int, variables, extra=
 def load_shape_model(directory):
     """The :class:`asmnet_jax.asm.ShapeModel` kept in the model directory (``asm.npz``), or None
     when it has none; :class:`ModelError` naming the file if it is unreadable."""
-    from asmnet_jax.asm import ShapeModel
-
     path = os.path.join(os.path.abspath(os.fspath(directory)), ASM_NPZ)
     if not os.path.isfile(path):
         return None

@@ -438,7 +438,7 @@ def match_boxes(images: Sequence[ImageInput], boxes: Dict[str, List[List[float]]
 # The command
 
 
-def _face_json(face: dict) -> dict:
+def face_json(face: dict) -> dict:
     def r(values, digits=4):
         return [round(float(v), digits) for v in np.asarray(values).reshape(-1)]
 
@@ -589,7 +589,7 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
             warn(f"skipped {result.error}")
         else:
             h, w = result.image.shape[:2]
-            record.update(width=w, height=h, faces=[_face_json(f) for f in result.faces])
+            record.update(width=w, height=h, faces=[face_json(f) for f in result.faces])
             face_count += len(result.faces)
             if not result.faces:
                 no_faces.append(result.source.path)

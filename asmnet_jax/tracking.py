@@ -35,6 +35,7 @@ import numpy as np
 from asmnet_jax.data import crop
 from asmnet_jax.detection import GIVEN_BOXES, BoxCalibration, Detector
 from asmnet_jax.errors import PredictError
+from asmnet_jax.predict import ImageInput, predict_images
 
 #: Smallest IoU of a detection's face box with a track's for them to be the same face.
 MATCH_IOU = 0.3
@@ -225,8 +226,6 @@ class Tracker:
 
     def step(self, image: np.ndarray, index: int, time: float) -> List[dict]:
         """The faces of frame ``index`` (``time`` seconds), (H, W, 3) uint8 RGB."""
-        from asmnet_jax.predict import ImageInput, predict_images
-
         planned: List[Tuple[Track, dict]] = []
         if self._detection_due(index):
             found = self._candidates(image, self.last_detection is None)

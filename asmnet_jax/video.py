@@ -35,6 +35,8 @@ from asmnet_jax import tracking
 from asmnet_jax.detection import DETECTORS, GIVEN_BOXES, choose_detector
 from asmnet_jax.drawing import draw_faces
 from asmnet_jax.errors import PredictError
+from asmnet_jax.predict import (PLAUSIBILITY_FIELDS, check_format, csv_columns, face_json,
+                                parse_box)
 
 #: File endings taken as videos by ``asmnet-predict`` (case-insensitive; ``--video`` for others).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -115,22 +117,16 @@ def _r(values, digits=4):
 
 def face_record(face: dict) -> dict:
     """A tracked face (:meth:`asmnet_jax.tracking.Tracker.step`) -> its JSON object."""
-    from asmnet_jax.predict import _face_json
-
-    return {"id": face["id"], **_face_json(face)}
+    return {"id": face["id"], **face_json(face)}
 
 
 def video_csv_columns(num_landmarks: int) -> list:
     """The columns of a video's ``predictions.csv``: ``frame, time, id``, then those of the photos'
     (:func:`asmnet_jax.predict.csv_columns`) after ``image, face``."""
-    from asmnet_jax.predict import csv_columns
-
     return ["frame", "time", "id"] + csv_columns(num_landmarks)[2:]
 
 
 def _csv_rows(record: dict):
-    from asmnet_jax.predict import PLAUSIBILITY_FIELDS
-
     for face in record["faces"]:
         row = {"frame": record["frame"], "time": record["time"], "id": face["id"],
                "box_source": face["box_source"], "yaw": face["yaw"], "pitch": face["pitch"],
@@ -188,8 +184,6 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
     camera that cannot be opened, a video that breaks off before the frame count it reports
     (after writing the frames read), and a run stopped with Ctrl-C (after closing the files).
     """
-    from asmnet_jax.predict import check_format, parse_box
-
     start = time.perf_counter()
     check_format(output_format)
     if batch_size < 1:
