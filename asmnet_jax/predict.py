@@ -485,16 +485,33 @@ def write_csv(path, records: Sequence[dict], num_landmarks: int) -> None:
         writer.writeheader()
         for record in records:
             for index, face in enumerate(record.get("faces", [])):
-                row = {"image": record["image"], "face": index,
-                       "box_source": face["box_source"], "yaw": face["yaw"],
-                       "pitch": face["pitch"], "roll": face["roll"]}
-                row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), face["box"]))
-                for name in ["score"] + [name for name, _, _ in PLAUSIBILITY_FIELDS]:
-                    if face.get(name) is not None:
-                        row[name] = face[name]
-                for i, (x, y) in enumerate(face["landmarks"]):
-                    row[f"x{i}"], row[f"y{i}"] = x, y
-                writer.writerow(row)
+                writer.writerow(face_csv_row(face, image=record["image"], face=index))
+
+
+def face_csv_row(prediction: dict, **leading) -> dict:
+    """One CSV row of a face of predictions.json (photos) or predictions.jsonl (video): the
+    ``leading`` columns (image and face, or frame, time and id), the box, its source, the scores
+    that are present, the pose and the landmarks ``x0, y0, ...``."""
+    row = {**leading, "box_source": prediction["box_source"], "yaw": prediction["yaw"],
+           "pitch": prediction["pitch"], "roll": prediction["roll"]}
+    row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), prediction["box"]))
+    for name in ["score"] + [name for name, _, _ in PLAUSIBILITY_FIELDS]:
+        if prediction.get(name) is not None:
+            row[name] = prediction[name]
+    for i, (x, y) in enumerate(prediction["landmarks"]):
+        row[f"x{i}"], row[f"y{i}"] = x, y
+    return row
+
+
+def load_predictor(model, flip: bool):
+    """(the loaded model, its batch predictor, its shape model or None) for ``model``: a
+    :class:`asmnet_jax.inference.LoadedModel`, or a function that loads one (the commands load
+    only once their input has been checked)."""
+    from asmnet_jax import inference  # jax and the model code, once the input is known good
+
+    loaded = model if isinstance(model, inference.LoadedModel) else model()
+    return loaded, inference.make_predictor(loaded, flip=flip), getattr(loaded, "shape_model",
+                                                                          None)
 
 
 def _drawing_path(output_dir: str, source: ImageInput, used: set, inputs: set) -> str:
@@ -565,11 +582,7 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
 
     import jax
 
-    from asmnet_jax import inference
-
-    loaded = model if isinstance(model, inference.LoadedModel) else model()
-    predict = inference.make_predictor(loaded, flip=flip)
-    shape_model = getattr(loaded, "shape_model", None)
+    loaded, predict, shape_model = load_predictor(model, flip)
 
     os.makedirs(out, exist_ok=True)
     input_paths = {os.path.abspath(image.path) for image in images}

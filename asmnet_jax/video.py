@@ -35,8 +35,8 @@ from asmnet_jax import tracking
 from asmnet_jax.detection import DETECTORS, GIVEN_BOXES, choose_detector
 from asmnet_jax.drawing import draw_faces
 from asmnet_jax.errors import PredictError
-from asmnet_jax.predict import (PLAUSIBILITY_FIELDS, check_format, csv_columns, face_json,
-                                parse_box)
+from asmnet_jax.predict import (check_format, csv_columns, face_csv_row, face_json,
+                                load_predictor, parse_box)
 
 #: File endings taken as videos by ``asmnet-predict`` (case-insensitive; ``--video`` for others).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -128,16 +128,7 @@ def video_csv_columns(num_landmarks: int) -> list:
 
 def _csv_rows(record: dict):
     for face in record["faces"]:
-        row = {"frame": record["frame"], "time": record["time"], "id": face["id"],
-               "box_source": face["box_source"], "yaw": face["yaw"], "pitch": face["pitch"],
-               "roll": face["roll"]}
-        row.update(zip(("box_x0", "box_y0", "box_x1", "box_y1"), face["box"]))
-        for name in ["score"] + [name for name, _, _ in PLAUSIBILITY_FIELDS]:
-            if face.get(name) is not None:
-                row[name] = face[name]
-        for i, (x, y) in enumerate(face["landmarks"]):
-            row[f"x{i}"], row[f"y{i}"] = x, y
-        yield row
+        yield face_csv_row(face, frame=record["frame"], time=record["time"], id=face["id"])
 
 
 def draw_tracked(image: np.ndarray, faces) -> np.ndarray:
@@ -211,11 +202,7 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
 
         import jax
 
-        from asmnet_jax import inference
-
-        loaded = model if isinstance(model, inference.LoadedModel) else model()
-        predict = inference.make_predictor(loaded, flip=flip)
-        shape_model = getattr(loaded, "shape_model", None)
+        loaded, predict, shape_model = load_predictor(model, flip)
         tracker = tracking.Tracker(
             predict, loaded.input_size, loaded.margin, detect=detect, calibration=calibration,
             detect_every=detect_every, min_track_score=min_track_score, smooth=smooth,
