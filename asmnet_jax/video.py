@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from typing import Callable, Iterator, Optional, Sequence, Tuple
@@ -159,7 +160,10 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
                   detect_every: int = tracking.DEFAULT_DETECT_EVERY,
                   min_track_score: float = tracking.DEFAULT_MIN_TRACK_SCORE, smooth: bool = True,
                   smooth_min_cutoff: float = tracking.DEFAULT_MIN_CUTOFF,
-                  smooth_beta: float = tracking.DEFAULT_BETA, max_frames: Optional[int] = None,
+                  smooth_beta: float = tracking.DEFAULT_BETA,
+                  smooth_shape_cutoff: float = tracking.DEFAULT_SHAPE_CUTOFF,
+                  smooth_shape_beta: float = tracking.DEFAULT_SHAPE_BETA,
+                  predict_motion: bool = True, max_frames: Optional[int] = None,
                   warn: Callable[[str], None] = lambda message: None) -> dict:
     """Tracks the faces of a video file (``video``) or a camera (``camera``); writes
     ``out/predictions.jsonl`` (or ``.csv``) and, with ``draw``, the annotated video; returns the
@@ -181,9 +185,12 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
         raise PredictError(f"--batch-size must be positive, got {batch_size}")
     if detect_every < 1:
         raise PredictError(f"--detect-every must be at least 1, got {detect_every}")
-    if smooth and not (smooth_min_cutoff > 0 and smooth_beta >= 0 and np.isfinite(smooth_beta)):
-        raise PredictError(f"--smooth-min-cutoff must be > 0 and --smooth-beta >= 0, got "
-                           f"{smooth_min_cutoff:g} and {smooth_beta:g}")
+    for name, cutoff, beta in (("", smooth_min_cutoff, smooth_beta),
+                               ("-shape", smooth_shape_cutoff, smooth_shape_beta)):
+        if smooth and not (0 < cutoff < math.inf and 0 <= beta < math.inf):
+            raise PredictError(f"--smooth{name}-{'cutoff' if name else 'min-cutoff'} must be > 0 "
+                               f"and --smooth{name}-beta >= 0 (finite), got {cutoff:g} and "
+                               f"{beta:g}")
     if max_frames is not None and max_frames < 1:
         raise PredictError(f"--max-frames must be at least 1, got {max_frames}")
     if detector not in ("auto", "none") and detector not in DETECTORS:
@@ -206,7 +213,8 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
         tracker = tracking.Tracker(
             predict, loaded.input_size, loaded.margin, detect=detect, calibration=calibration,
             detect_every=detect_every, min_track_score=min_track_score, smooth=smooth,
-            min_cutoff=smooth_min_cutoff, beta=smooth_beta, initial_boxes=boxes,
+            min_cutoff=smooth_min_cutoff, beta=smooth_beta, shape_cutoff=smooth_shape_cutoff,
+            shape_beta=smooth_shape_beta, predict_motion=predict_motion, initial_boxes=boxes,
             batch_size=batch_size, batch_multiple=jax.local_device_count(),
             plausibility=None if shape_model is None else shape_model.plausibility)
         os.makedirs(out, exist_ok=True)

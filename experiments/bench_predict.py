@@ -263,7 +263,7 @@ def reference_face(photo, loaded, detector: str):
 
 def timed_run(video_path: str, loaded, out: str, *, detect_every: int, smooth: bool, draw: bool,
               detector: str, box=None, min_cutoff: Optional[float] = None,
-              beta: Optional[float] = None) -> tuple:
+              beta: Optional[float] = None, predict_motion: bool = True) -> tuple:
     """:func:`asmnet_jax.video.predict_video` with a stamp (``perf_counter``) as each frame is
     handed out and one at the end; returns (summary, stamps, the JSON lines)."""
     from asmnet_jax import tracking
@@ -285,7 +285,8 @@ def timed_run(video_path: str, loaded, out: str, *, detect_every: int, smooth: b
                                   smooth=smooth, draw=draw, detector=detector, box=box,
                                   smooth_min_cutoff=(tracking.DEFAULT_MIN_CUTOFF
                                                      if min_cutoff is None else min_cutoff),
-                                  smooth_beta=tracking.DEFAULT_BETA if beta is None else beta)
+                                  smooth_beta=tracking.DEFAULT_BETA if beta is None else beta,
+                                  predict_motion=predict_motion)
     finally:
         V.VideoSource = original
     with open(summary["json"]) as f:
@@ -333,6 +334,8 @@ def accuracy(lines, copies, photo_reference, skip: int) -> dict:
             "missed": missed, "extra": extra, "tracks": len(ids)}
 
 
+#: Tracking without moving the crop on by the last frame's motion (the Tracker's predict_motion).
+NO_MOTION = "tracking, crop not moved on"
 CONDITIONS = [  # (mode, detect_every: None = the default K, smooth, draw, smoothing: None = the
     # defaults, "alt" = --alt-smooth)
     ("detect every frame", 1, False, False, None),
@@ -343,6 +346,7 @@ CONDITIONS = [  # (mode, detect_every: None = the default K, smooth, draw, smoot
     ("tracking", None, True, True, None),
     ("tracking", None, False, True, None),
     ("tracking", None, True, False, "alt"),
+    (NO_MOTION, None, False, False, None),
 ]
 
 
@@ -458,9 +462,10 @@ def main(argv=None) -> int:
                         help="writes OUT.json and OUT.md")
     parser.add_argument("--figure", default=None,
                         help="write one annotated frame of the tracking run with drawing here")
-    parser.add_argument("--alt-smooth", default="1.0,0.2", metavar="MIN_CUTOFF,BETA",
-                        help="the One Euro parameters of the last condition (tracking with other "
-                             "smoothing than the defaults; default 1.0,0.2)")
+    parser.add_argument("--alt-smooth", default="1.0,64", metavar="MIN_CUTOFF,BETA",
+                        help="--smooth-min-cutoff and --smooth-beta of the condition with other "
+                             "smoothing than the defaults (tracking; default 1.0,64: less lag, "
+                             "more jitter)")
     args = parser.parse_args(argv)
     alt = tuple(float(v) for v in args.alt_smooth.split(","))
     if len(alt) != 2:
@@ -494,7 +499,7 @@ def main(argv=None) -> int:
                 summary, stamps, lines = timed_run(video_path, loaded, out, detect_every=every,
                                                    smooth=smooth, draw=draw,
                                                    detector=args.detector, min_cutoff=min_cutoff,
-                                                   beta=beta)
+                                                   beta=beta, predict_motion=mode != NO_MOTION)
                 row = {"video": kind, "faces": len(copies), "mode": mode, "detect_every": every,
                        "smooth": smooth, "draw": draw,
                        "smooth_min_cutoff": min_cutoff if smooth else None,

@@ -107,18 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{tracking.DEFAULT_MIN_TRACK_SCORE})")
     video.add_argument("--no-smooth", action="store_true",
                        help="output the raw landmarks and pose of each frame (default: smoothed "
-                            "over time per face by the One Euro filter)")
+                            "over time per face by One Euro filters, the face's motion and its "
+                            "shape apart)")
     video.add_argument("--smooth-min-cutoff", type=float, default=tracking.DEFAULT_MIN_CUTOFF,
                        metavar="HZ",
-                       help="One Euro filter: the cutoff frequency at rest, in Hz (default "
-                            f"{tracking.DEFAULT_MIN_CUTOFF:g}); lower: less jitter when the face "
-                            "is still, more lag")
+                       help="the face's motion (centre, scale, angle): the One Euro cutoff at "
+                            f"rest, in Hz (default {tracking.DEFAULT_MIN_CUTOFF:g}); lower: less "
+                            "jitter when the face is still, more lag")
     video.add_argument("--smooth-beta", type=float, default=tracking.DEFAULT_BETA, metavar="B",
-                       help="One Euro filter: how fast the cutoff rises with speed, in Hz per "
-                            "pixel/s (landmarks) or degree/s (pose) (default "
+                       help="the face's motion: how fast the cutoff rises with speed, in Hz per "
+                            "face unit (the radius of its landmarks) per second (default "
                             f"{tracking.DEFAULT_BETA:g}); higher: less lag when the face moves, "
-                            "more jitter. The speed's own cutoff is fixed at "
-                            f"{tracking.D_CUTOFF:g} Hz")
+                            "more jitter")
+    video.add_argument("--smooth-shape-cutoff", type=float, default=tracking.DEFAULT_SHAPE_CUTOFF,
+                       metavar="HZ",
+                       help="the face's shape in its own frame (expression): the One Euro cutoff "
+                            f"at rest, in Hz (default {tracking.DEFAULT_SHAPE_CUTOFF:g})")
+    video.add_argument("--smooth-shape-beta", type=float, default=tracking.DEFAULT_SHAPE_BETA,
+                       metavar="B",
+                       help="the face's shape: how fast its cutoff rises with the speed of an "
+                            f"expression change, per face unit per second (default "
+                            f"{tracking.DEFAULT_SHAPE_BETA:g})")
     return parser
 
 
@@ -184,7 +193,8 @@ def _predict(args: argparse.Namespace) -> int:
             output_format=args.format, detect_every=args.detect_every,
             min_track_score=args.min_track_score, smooth=not args.no_smooth,
             smooth_min_cutoff=args.smooth_min_cutoff, smooth_beta=args.smooth_beta,
-            max_frames=args.max_frames, warn=_warn)
+            smooth_shape_cutoff=args.smooth_shape_cutoff,
+            smooth_shape_beta=args.smooth_shape_beta, max_frames=args.max_frames, warn=_warn)
         print(json.dumps(summary))
         return 0
     summary = predict_files(args.inputs, lambda: load_model(args), args.out,
