@@ -274,8 +274,11 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
       predict: ``predict(images uint8 (B, S, S, 3)) -> (landmarks (B, 2n), pose (B, 3) radians)``
         (:func:`asmnet_jax.inference.make_predictor`).
       input_size: S; margin: the model's face-box margin (fraction of the side, each side).
-      batch_size: faces per call of ``predict``, across images; the last batch is padded to a
-        power of two (at most ``batch_size``), so at most two batch shapes are compiled.
+      batch_size: faces per call of ``predict``, across images. A batch is padded to a batch
+        size already run in this call when one is large enough (the last batch of a folder to the
+        full size: padding a few faces costs less than compiling another shape), else to a power
+        of two (at most ``batch_size``), so a call compiles one shape or, for fewer faces than
+        ``batch_size``, one small one.
       boxes: ``{input.path: [[x_min, y_min, x_max, y_max], ...]}`` for the images whose faces are
         given (:func:`match_boxes`); these images are not run through the detector.
       detect: the detector for the other images (None: they have no faces).
@@ -299,10 +302,14 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
     waiting: deque = deque()     # results not yet yielded, in input order
     queue: List[tuple] = []      # (result, face, crop, matrix) awaiting prediction
 
+    shapes_run: set = set()  # batch sizes already run (compiled) in this call
+
     def run(items):
         count = len(items)
         padded = min(batch_size, 1 << max(0, (count - 1).bit_length()))
         padded = -(-max(padded, count) // batch_multiple) * batch_multiple
+        padded = min([size for size in shapes_run if size >= count] or [padded])
+        shapes_run.add(padded)
         batch = np.zeros((padded, input_size, input_size, 3), np.uint8)
         for i, item in enumerate(items):
             batch[i] = item[2]

@@ -196,7 +196,12 @@ def test_faces_are_batched_across_images_in_order():
         side = 16 * 1.2
         np.testing.assert_allclose(points, np.broadcast_to(centre + level / 1000 * side, (N, 2)),
                                    atol=1e-3)
-    assert calls == [3, 3, 3, 2]  # 11 faces: three full batches, the rest padded to a power of 2
+    assert calls == [3, 3, 3, 3]  # 11 faces: three full batches, the rest padded to the same size
+    calls.clear()  # fewer faces than a batch: one batch of a power of two
+    two = {name: boxes[name] for name in list(boxes)[:2]}
+    list(P.predict_images([P.ImageInput(n, n) for n in two], predict, SIZE, 0.1, 8, boxes=two,
+                          read=images.__getitem__))
+    assert calls == [2]  # img0's 2 faces (img1 has none)
 
 
 def test_pose_axes_point_the_way_of_the_pose_convention():
