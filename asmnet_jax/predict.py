@@ -316,8 +316,8 @@ def predict_images(inputs: Iterable[ImageInput], predict, input_size: int, margi
         landmarks, pose = predict(batch)
         checks = None
         if plausibility is not None:
-            checks = {key: np.asarray(value, np.float64)
-                      for key, value in plausibility(np.asarray(landmarks)[:count]).items()}
+            checks = {key: np.asarray(value, np.float64)[:count]  # the padded batch: one shape
+                      for key, value in plausibility(np.asarray(landmarks)).items()}
         for i, (result, face, _, matrix) in enumerate(items):
             face["landmarks"], face["pose"] = to_image_coordinates(
                 landmarks[i], pose[i], matrix, input_size)
@@ -511,14 +511,18 @@ def face_csv_row(prediction: dict, **leading) -> dict:
 
 
 def load_predictor(model, flip: bool):
-    """(the loaded model, its batch predictor, its shape model or None) for ``model``: a
-    :class:`asmnet_jax.inference.LoadedModel`, or a function that loads one (the commands load
-    only once their input has been checked)."""
-    from asmnet_jax import inference  # jax and the model code, once the input is known good
+    """(the loaded model, its batch predictor, its shape model's plausibility as one compiled
+    function, or None) for ``model``: a :class:`asmnet_jax.inference.LoadedModel`, or a function
+    that loads one (the commands load only once their input has been checked)."""
+    import jax  # and the model code, once the input is known good
+
+    from asmnet_jax import inference
 
     loaded = model if isinstance(model, inference.LoadedModel) else model()
-    return loaded, inference.make_predictor(loaded, flip=flip), getattr(loaded, "shape_model",
-                                                                          None)
+    shape_model = getattr(loaded, "shape_model", None)
+    # One compilation per batch shape, instead of one per jnp operation and shape (about 25).
+    plausibility = None if shape_model is None else jax.jit(shape_model.plausibility)
+    return loaded, inference.make_predictor(loaded, flip=flip), plausibility
 
 
 def _drawing_path(output_dir: str, source: ImageInput, used: set, inputs: set) -> str:
@@ -589,7 +593,7 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
 
     import jax
 
-    loaded, predict, shape_model = load_predictor(model, flip)
+    loaded, predict, plausibility = load_predictor(model, flip)
 
     os.makedirs(out, exist_ok=True)
     input_paths = {os.path.abspath(image.path) for image in images}
@@ -600,8 +604,7 @@ def predict_files(inputs: Sequence[str], model, out: str, *, batch_size: int = 1
                                  batch_size, boxes=boxes, detect=detect,
                                  calibration=calibration, skip_bad=skip_bad,
                                  batch_multiple=jax.local_device_count(),
-                                 plausibility=None if shape_model is None
-                                 else shape_model.plausibility):
+                                 plausibility=plausibility):
         record = {"image": result.source.path}
         if result.error is not None:
             record["error"] = result.error

@@ -209,14 +209,14 @@ def predict_video(video: Optional[str], model, out: str, *, camera: Optional[int
 
         import jax
 
-        loaded, predict, shape_model = load_predictor(model, flip)
+        loaded, predict, plausibility = load_predictor(model, flip)
         tracker = tracking.Tracker(
             predict, loaded.input_size, loaded.margin, detect=detect, calibration=calibration,
             detect_every=detect_every, min_track_score=min_track_score, smooth=smooth,
             min_cutoff=smooth_min_cutoff, beta=smooth_beta, shape_cutoff=smooth_shape_cutoff,
             shape_beta=smooth_shape_beta, predict_motion=predict_motion, initial_boxes=boxes,
             batch_size=batch_size, batch_multiple=jax.local_device_count(),
-            plausibility=None if shape_model is None else shape_model.plausibility)
+            plausibility=plausibility)
         os.makedirs(out, exist_ok=True)
         summary = _run(source, tracker, loaded, out, draw, output_format, max_frames, warn)
     finally:
