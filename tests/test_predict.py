@@ -65,15 +65,20 @@ POSE = np.array([0.3, -0.2, 0.1], np.float32)        # radians
 LANDMARKS_LATEST = np.full(2 * N, 0.25, np.float32)  # the workdir's newest (not best) checkpoint
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A model directory as asmnet-import-keras writes one (project coordinates), 64 px."""
+def save_constant_model(path, landmarks, pose, margin=MARGIN, shape_model=None) -> str:
+    """A 64 px model directory as asmnet-import-keras writes one (project coordinates) whose heads
+    output ``landmarks`` and ``pose`` for every image; returns its path."""
     from asmnet_jax.model_dir import save_model
 
-    path = tmp_path_factory.mktemp("model") / "imported"
-    save_model(path, "asmnet", N, _variables(LANDMARKS, POSE),
-               extra={"coordinates": "project", "input_size": SIZE, "margin": MARGIN})
+    save_model(path, "asmnet", N, _variables(landmarks, pose),
+               extra={"coordinates": "project", "input_size": SIZE, "margin": margin},
+               shape_model=shape_model)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_constant_model(tmp_path_factory.mktemp("model") / "imported", LANDMARKS, POSE)
 
 
 @pytest.fixture(scope="module")
@@ -430,16 +435,12 @@ def test_detector_finds_real_faces_and_its_calibration_fits(shared_data, name):
 def model_dir_with_shape_model(tmp_path_factory):
     """The model of ``model_dir`` with a shape model fitted on shapes around its output."""
     from asmnet_jax.asm import ShapeModel
-    from asmnet_jax.model_dir import save_model
 
     rng = np.random.default_rng(3)
     shapes = LANDMARKS + 0.01 * rng.normal(size=(40, 2 * N)) @ np.diag(
         np.linspace(1.0, 0.1, 2 * N))
-    path = tmp_path_factory.mktemp("model") / "with_asm"
-    save_model(path, "asmnet", N, _variables(LANDMARKS, POSE),
-               extra={"coordinates": "project", "input_size": SIZE, "margin": MARGIN},
-               shape_model=ShapeModel.fit(shapes, 0.9))
-    return str(path)
+    return save_constant_model(tmp_path_factory.mktemp("model") / "with_asm", LANDMARKS, POSE,
+                               shape_model=ShapeModel.fit(shapes, 0.9))
 
 
 def test_predictions_carry_the_shape_score_with_a_shape_model_and_not_without(

@@ -94,13 +94,10 @@ def fake_detector(monkeypatch):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from asmnet_jax.model_dir import save_model
-    from tests.test_predict import _variables
+    from tests.test_predict import save_constant_model
 
-    path = tmp_path_factory.mktemp("model") / "constant"
-    save_model(path, "asmnet", N, _variables(LANDMARKS, POSE),
-               extra={"coordinates": "project", "input_size": SIZE, "margin": MARGIN})
-    return str(path)
+    return save_constant_model(tmp_path_factory.mktemp("model") / "constant", LANDMARKS, POSE,
+                               margin=MARGIN)
 
 
 @pytest.fixture(scope="module")
