@@ -349,6 +349,8 @@ def test_bad_videos_and_cameras_are_one_line_errors(model_dir, video, fake_detec
              (["--webcam", 7], "--webcam 7: cannot open camera 7"),
              ([video, video], "a video is read on its own"),
              ([video, "--detect-every", 0], "--detect-every must be at least 1"),
+             ([video, "--smooth-shape-cutoff", 0], "--smooth-shape-cutoff must be > 0"),
+             ([video, "--smooth-beta", "nan"], "--smooth-beta >= 0 (finite), got 1 and nan"),
              ([video, "--boxes", garbage], "--boxes is for photos")]
     for argv, message in cases:
         code, stdout, err = _main(list(argv) + ["--model", model_dir, "--detector", "fake",
