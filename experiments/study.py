@@ -17,7 +17,8 @@ its own epochs). The other rows evaluate the raw weights, as the first recipe di
 
 The ``full_*`` cells are the second study: each is the config file as it stands (weight average,
 its own 34 epochs) with one change: input size 160 / 192 / 224, the Wing loss, the MobileNetV2
-baseline, 60 epochs, weak augmentation, a slower weight average. They take 15-60 minutes each on
+baseline, 60 epochs, weak augmentation, a slower weight average, and distillation from a teacher
+(``--teacher``, e.g. the 224 px paper recipe's workdir; without it that cell is left out). They take 15-60 minutes each on
 two cores; pick some with ``--only``:
 
     python -m experiments.study --workdir runs/study --seeds 0 --only full_wing full_size192 \\
@@ -88,7 +89,9 @@ CELLS = (
           ("epochs60", "60 epochs", "epochs", {"num_epochs": 60}),
           ("weak_aug", "weak augmentation", "augmentation", WEAK_AUGMENT),
           ("ema0.999", "slower weight average (0.999)", "evaluated weights",
-           {"ema_decay": 0.999}))),
+           {"ema_decay": 0.999}),
+          ("distill", "distilled from --teacher", "loss (a teacher term)",
+           {"distill_weight": 1.0}))),
 )
 
 #: What every cell holds unless it sets it: the rows compare against the first recipe, which
@@ -105,6 +108,10 @@ def add_arguments(parser):
     parser.add_argument("--synthetic-model", default=None, metavar="PATH",
                         help="ASMNet trained on synthetic faces (workdir or model directory), "
                              "for the 'synthetic' cell")
+    parser.add_argument("--teacher", default=None, metavar="PATH",
+                        help="the teacher of the 'full_distill' cell (a workdir or model "
+                             "directory with the same landmarks, any input size); without it that "
+                             "cell is left out")
 
 
 def _file_value(config, dotted: str):
@@ -121,6 +128,10 @@ def make_cells(args, file_config):
             if not args.synthetic_model:
                 continue
             settings["init_path"] = os.path.abspath(args.synthetic_model)
+        if key == "full_distill":
+            if not args.teacher:
+                continue
+            settings["distill_teacher"] = os.path.abspath(args.teacher)
         for name, value in settings.items():
             if value == FROM_FILE:
                 settings[name] = _file_value(file_config, name)

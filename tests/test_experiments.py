@@ -145,6 +145,13 @@ def test_the_study_cells_change_one_thing_from_the_first_recipe():
     assert configs["recipe_ema"]["ema_decay"] == file_config.ema_decay
     assert configs["recipe_ema"]["num_epochs"] == file_config.num_epochs
     assert configs["scratch"]["init"] == "scratch" and configs["scratch"]["init_path"] == ""
+    assert "full_distill" not in cells  # needs --teacher
+    args = grid.parser_for(study.GRID, config_file).parse_args(
+        ["--workdir", "unused", "--teacher", "/w/teacher_run"])
+    distill = {c.key: c for c in study.make_cells(args, file_config)}["full_distill"]
+    config = grid.config_as_dict(grid.build_config(config_file, [], distill, 0))
+    assert config["distill_teacher"] == "/w/teacher_run" and config["distill_weight"] == 1.0
+    assert config["num_epochs"] == file_config.num_epochs
 
 
 def test_config_differences_ignore_runtime_keys():
