@@ -13,8 +13,9 @@
   With ``predict_motion`` (the default) the box is moved on by the face's last motion (constant
   velocity of its centre, constant rate of its size: :func:`extrapolate`), measured between the
   landmark boxes of two consecutive frames of which the second was cropped from the first (not
-  across a detection, whose other framing would read as motion): a face that moves 7 pixels a frame is otherwise cropped 7 pixels behind, which cost
-  0.6 points of NME on the benchmark's moving face (experiments/bench_predict.py).
+  across a detection, whose other framing would read as motion): a face that moves 7 pixels a
+  frame is otherwise cropped 7 pixels behind, which cost 0.6 points of NME on the benchmark's
+  moving face (experiments/bench_predict.py).
 * **Ids**: at a detection frame, the detections are matched to the tracks greedily by the IoU of
   their face boxes with the tracks' (highest first, IoU >= :data:`MATCH_IOU`); a matched track
   keeps its id (and its smoothing state), a new detection starts a track with a new id, a track
@@ -60,8 +61,9 @@ DEFAULT_MIN_TRACK_SCORE = 0.3
 DEFAULT_MIN_CUTOFF = 1.0
 DEFAULT_BETA = 16.0
 MOTION_D_CUTOFF = 3.0
-#: The face's shape in its own frame (face units): cutoff at rest (Hz) and speed coefficient; a
-#: mouth opening in a fifth of a second raises the cutoff to about 8 Hz.
+#: The face's shape in its own frame (face units): cutoff at rest (Hz) and speed coefficient. The
+#: speed term lets expressions through: a mouth opening by a third of the face radius in a fifth
+#: of a second is followed to 90 % within 0.03 s of its end (1.1 s without it; tests/test_video.py).
 DEFAULT_SHAPE_CUTOFF = 0.3
 DEFAULT_SHAPE_BETA = 5.0
 #: The pose (degrees): cutoff at rest (Hz), speed coefficient (per degree per second).
